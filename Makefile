@@ -1,0 +1,26 @@
+# Two commands a newcomer needs: `make up` (embedded stack) and `make test`.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: install up test lint bench
+install: $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/k2 up
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check k2 feed_handlers offload flows tests bench
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/ingest.py

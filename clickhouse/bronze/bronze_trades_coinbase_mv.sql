@@ -1,0 +1,21 @@
+-- Moves parsed messages from the Kafka queue into bronze; broken ones go to ingest_errors instead.
+CREATE MATERIALIZED VIEW IF NOT EXISTS k2.bronze_trades_coinbase_mv TO k2.bronze_trades_coinbase AS
+SELECT
+    exchange,
+    symbol,
+    canonical_symbol,
+    trade_id,
+    price,
+    quantity,
+    side,
+    ts_event_ns,
+    ts_received_ns,
+    sequence_num,
+    maker_side,
+    is_snapshot,
+    _topic,
+    toUInt32(_partition) AS _partition,
+    _offset,
+    _timestamp_ms AS _timestamp
+FROM k2.coinbase_trades_queue
+WHERE length(_error) = 0

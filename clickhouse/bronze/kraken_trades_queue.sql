@@ -1,0 +1,28 @@
+-- Kafka consumer for market.crypto.trades.kraken: one trade record (JSON) per message.
+-- 'stream' error mode: a message that does not parse becomes a row with _error/_raw_message set
+-- instead of stopping the consumer; kraken_trades_queue_errors_mv routes it to k2.ingest_errors.
+-- ${KAFKA_BROKER_LIST} is filled in by `k2 db migrate` from K2_CLICKHOUSE_KAFKA_BROKERS.
+CREATE TABLE IF NOT EXISTS k2.kraken_trades_queue
+(
+    exchange String,
+    symbol String,
+    canonical_symbol String,
+    trade_id String,
+    price String,
+    quantity String,
+    side String,
+    ts_event_ns Int64,
+    ts_received_ns Int64,
+    ord_type String,
+    is_snapshot Bool
+)
+ENGINE = Kafka
+SETTINGS
+    kafka_broker_list = '${KAFKA_BROKER_LIST}',
+    kafka_topic_list = 'market.crypto.trades.kraken',
+    kafka_group_name = 'k2-clickhouse-kraken',
+    kafka_format = 'JSONEachRow',
+    kafka_handle_error_mode = 'stream',
+    kafka_num_consumers = 1,
+    kafka_max_block_size = 65536,
+    kafka_flush_interval_ms = 250

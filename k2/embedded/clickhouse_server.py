@@ -1,0 +1,65 @@
+"""The embedded ClickHouse process: chDB + HTTP endpoint + Kafka table consumers.
+
+Run as ``python -m k2.embedded.clickhouse_server --data-dir DIR --host H --port P``; ``k2 up`` does.
+SIGTERM stops consumers first (their last block is either inserted and committed or redelivered),
+then the endpoint, then closes chDB so its data directory is consistent for the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from k2.embedded.chdb_engine import ChdbEngine
+from k2.embedded.http_server import ClickHouseHTTPServer
+from k2.embedded.kafka_engine import KafkaEngine
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("k2.clickhouse")
+
+
+async def serve(data_dir: Path, host: str, port: int, password: str = "") -> None:
+    """Serve until SIGTERM/SIGINT."""
+    engine = ChdbEngine(data_dir / "chdb")
+    http = ClickHouseHTTPServer(engine, host, port, data_dir / "tmp", password=password)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    kafka = KafkaEngine(engine)
+    http.start()
+    log.info("embedded ClickHouse (chDB) listening on http://%s:%d, data in %s", host, http.port, data_dir)
+    consumers = asyncio.create_task(kafka.run(), name="kafka-engine")
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({consumers, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if consumers in done:
+            consumers.result()  # surfaces the failure
+    finally:
+        consumers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumers
+        waiter.cancel()
+        http.stop()
+        engine.close()
+        log.info("embedded ClickHouse stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(args.data_dir, args.host, args.port, os.environ.get("K2_CLICKHOUSE_PASSWORD", "")))
+
+
+if __name__ == "__main__":
+    main()
