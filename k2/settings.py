@@ -18,6 +18,7 @@ from k2.errors import ConfigError
 __all__ = ["Settings", "load_settings"]
 
 _PREFIX = "K2_"
+_REPO = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseModel):
@@ -26,8 +27,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     data_dir: Path = Field(default=Path(".k2"), description="embedded stack state: data, pids, logs")
-    instruments: Path = Field(default=Path("config/instruments.yaml"))
-    bind_host: str = Field(default="127.0.0.1", description="address embedded listeners bind to")
+    instruments: Path = Field(default=_REPO / "config" / "instruments.yaml")
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="host:port clients use")
     kafka_idempotence: bool = Field(default=False, description="on for Redpanda; Tansu lacks it")
     clickhouse_url: str = Field(default="http://127.0.0.1:8123")
@@ -74,7 +74,5 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from exc

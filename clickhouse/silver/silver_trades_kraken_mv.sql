@@ -25,7 +25,9 @@ FROM
         ifNull(toDecimal128OrNull(quantity, 18), toDecimal128(0, 18)) AS quantity_dec,
         -- exact product at scale 36, then brought to scale 18; a product that needs more digits is flagged below
         toDecimal256(price_dec, 18) * toDecimal256(quantity_dec, 18) AS quote_volume_exact,
-        toDecimal128(quote_volume_exact, 18) AS quote_volume,
+        -- Decimal(38,18) holds 20 integer digits; a larger product is flagged, not allowed to stop ingestion
+        abs(quote_volume_exact) < toDecimal256('100000000000000000000', 36) AS quote_volume_fits,
+        if(quote_volume_fits, toDecimal128(quote_volume_exact, 18), toDecimal128(0, 18)) AS quote_volume,
         side,
         multiIf(ts_event_ns > 0, fromUnixTimestamp64Nano(ts_event_ns, 'UTC'),
                 ts_received_ns > 0, fromUnixTimestamp64Nano(ts_received_ns, 'UTC'),
@@ -41,7 +43,8 @@ FROM
                     price_dec <= 0, 'price_not_positive', ''),
             multiIf(NOT match(quantity, '^-?[0-9]{1,20}([.][0-9]{1,18})?$'), 'quantity_not_decimal',
                     quantity_dec <= 0, 'quantity_not_positive', ''),
-            if(toDecimal256(quote_volume, 36) = quote_volume_exact, '', 'quote_volume_inexact'),
+            multiIf(NOT quote_volume_fits, 'quote_volume_overflow',
+                toDecimal256(quote_volume, 36) != quote_volume_exact, 'quote_volume_inexact', ''),
             if(side IN ('buy', 'sell'), '', 'side_invalid'),
             if(ts_event_ns > 0, '', 'ts_event_missing')
         ]) AS validation_errors,

@@ -65,7 +65,7 @@ class ChdbEngine:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn: Any = chdb.connect(str(data_dir))
+        self._conn: Any = chdb.connect(str(data_dir))  # type: ignore[no-untyped-call]
         self._database = "default"
         self._ddl_listeners: list[Callable[[], None]] = []
         self._closed = False
@@ -113,10 +113,7 @@ class ChdbEngine:
     def _query(self, sql: str, fmt: str, params: Mapping[str, str] | None, k2_arrow: Any) -> Result:
         # chDB resolves Python(k2_arrow) by looking the name up in the calling frame's locals.
         try:
-            if params:
-                res = self._conn.query(sql, fmt, params=dict(params))
-            else:
-                res = self._conn.query(sql, fmt)
+            res = self._conn.query(sql, fmt, params=dict(params)) if params else self._conn.query(sql, fmt)
         except Exception as exc:
             raise _translate(exc) from exc
         del k2_arrow
@@ -145,7 +142,12 @@ class ChdbEngine:
 
     def _set(self, settings: Mapping[str, str]) -> None:
         if settings:
-            self._query("SET " + ", ".join(f"{k} = {_setting_literal(v)}" for k, v in settings.items()), "TSV", None, None)
+            self._query(
+                "SET " + ", ".join(f"{k} = {_setting_literal(v)}" for k, v in settings.items()),
+                "TSV",
+                None,
+                None,
+            )
 
     def kafka_tables(self) -> list[KafkaTableSpec]:
         """Kafka tables that exist now, from the specs kept in their comments."""
@@ -166,4 +168,3 @@ class ChdbEngine:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
-

@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     asyncio.run(serve(args.data_dir, args.host, args.port, os.environ.get("K2_CLICKHOUSE_PASSWORD", "")))
 
 

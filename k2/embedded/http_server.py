@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import lz4.frame
 import orjson
+from backports import zstd  # type: ignore[import-not-found, unused-ignore]
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from k2.embedded.chdb_engine import ChdbEngine
@@ -48,9 +49,7 @@ _HTTP_PARAMS = frozenset(
     }
 )  # fmt: skip
 # INSERT ... FORMAT <name> followed by the data (ClickHouse appends the body to the query parameter).
-_INSERT_FORMAT = re.compile(
-    rb"^\s*(?P<head>INSERT\s+INTO\s+[^;]+?)\s+FORMAT\s+(?P<fmt>\w+)[ \t]*(\r?\n)?", re.I | re.S
-)
+_INSERT_FORMAT = re.compile(rb"^\s*(?P<head>INSERT\s+INTO\s+[^;]+?)\s+FORMAT\s+(?P<fmt>\w+)[ \t]*(\r?\n)?", re.I | re.S)
 _FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(?P<fmt>\w+)\s*;?\s*$", re.I)
 _CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8",
@@ -73,9 +72,7 @@ def _decode_body(body: bytes, encoding: str) -> bytes:
     if encoding == "lz4":
         return bytes(lz4.frame.decompress(body))
     if encoding == "zstd":
-        from backports import zstd  # type: ignore[import-not-found, unused-ignore]
-
-        return bytes(zstd.decompress(body))
+        return bytes(zstd.decompress(body))  # type: ignore[no-untyped-call, unused-ignore]
     raise ClickHouseError(f"Unknown Content-Encoding: {encoding}", 1)
 
 
@@ -126,7 +123,11 @@ class ClickHouseHTTPServer:
         full = (query.encode() + b"\n" + body) if query and body else (query.encode() or body)
         insert = _INSERT_FORMAT.match(full)
         if insert is not None and len(full) > insert.end():
-            head, fmt, data = insert.group("head").decode(), insert.group("fmt").decode(), full[insert.end() :]
+            head, fmt, data = (
+                insert.group("head").decode(),
+                insert.group("fmt").decode(),
+                full[insert.end() :],
+            )
             return self._insert_body(head, fmt, data, database, settings), ""
         try:
             sql = full.decode()
@@ -136,9 +137,7 @@ class ClickHouseHTTPServer:
         fmt = clause.group("fmt") if clause else params.get("default_format", "TabSeparated")
         return self._with_settings(settings, lambda: self._engine.execute(sql, fmt, bound, database).data), fmt
 
-    def _insert_body(
-        self, head: str, fmt: str, body: bytes, database: str | None, settings: dict[str, str]
-    ) -> bytes:
+    def _insert_body(self, head: str, fmt: str, body: bytes, database: str | None, settings: dict[str, str]) -> bytes:
         fd, name = tempfile.mkstemp(dir=self._tmp_dir, suffix="." + fmt)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -159,10 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_ctx: ClickHouseHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path in ("/ping", "/health"):
             self._send(200, b"Ok.\n", "text/plain; charset=UTF-8")
@@ -173,10 +172,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"There is no handle " + path.encode() + b"\n", "text/plain; charset=UTF-8")
 
-    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+    def do_HEAD(self) -> None:
         self._send(200, b"", "text/plain; charset=UTF-8")
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         try:
             body = _decode_body(self._read_body(), self.headers.get("Content-Encoding", ""))
         except (ClickHouseError, OSError, ValueError, RuntimeError) as exc:
@@ -222,7 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"Code: {exc.code}. DB::Exception: {message}"
         status = _STATUS_BY_CODE.get(exc.code, 500)
         self._send(
-            status, message.encode() + b"\n", "text/plain; charset=UTF-8", {"X-ClickHouse-Exception-Code": str(exc.code)}
+            status,
+            message.encode() + b"\n",
+            "text/plain; charset=UTF-8",
+            {"X-ClickHouse-Exception-Code": str(exc.code)},
         )
 
     def _send(self, status: int, data: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
@@ -239,4 +241,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-

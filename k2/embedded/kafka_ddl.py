@@ -43,9 +43,7 @@ _POSITIONAL = ("kafka_broker_list", "kafka_topic_list", "kafka_group_name", "kaf
 _SUPPORTED_FORMATS = ("JSONEachRow",)
 _ERROR_MODES = ("default", "stream")
 
-_CREATE = re.compile(
-    r"^\s*CREATE\s+TABLE\s+(?P<ine>IF\s+NOT\s+EXISTS\s+)?(?P<name>[`\"\w.]+)\s*\(", re.IGNORECASE
-)
+_CREATE = re.compile(r"^\s*CREATE\s+TABLE\s+(?P<ine>IF\s+NOT\s+EXISTS\s+)?(?P<name>[`\"\w.]+)\s*\(", re.IGNORECASE)
 _ENGINE = re.compile(r"^\s*ENGINE\s*=\s*Kafka\b\s*(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 
 

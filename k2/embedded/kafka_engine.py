@@ -40,7 +40,9 @@ BROKEN = Counter(
     "k2_clickhouse_kafka_broken_messages_total", "Messages that did not parse as the table format", ["table"]
 )
 INSERT_ERRORS = Counter(
-    "k2_clickhouse_kafka_insert_errors_total", "Failed inserts of a polled block (block redelivered)", ["table"]
+    "k2_clickhouse_kafka_insert_errors_total",
+    "Failed inserts of a polled block (block redelivered)",
+    ["table"],
 )
 LAG = Gauge("k2_consumer_lag", "Messages behind the end of the topic, per Kafka table", ["table"])
 
@@ -105,7 +107,7 @@ def _statements(spec: KafkaTableSpec, columns: list[tuple[str, str]]) -> _Statem
         f"SELECT {extracted}, topic, k, offset, partition, "
         "toDateTime(intDiv(ts_ms, 1000), 'UTC'), fromUnixTimestamp64Milli(ts_ms, 'UTC'), [], [], "
         f"if(ok, '', raw), if(ok, '', '{_NOT_OBJECT}') "
-        f"FROM (SELECT *, JSONExtract(raw, '{tuple_type}') AS j FROM ({source})) {where}"
+        f"FROM (SELECT *, JSONExtract(raw, 'Tuple({tuple_type})') AS j FROM ({source})) {where}"
     )
     return _Statements(insert, f"SELECT countIf(NOT ok) FROM ({source})")
 
@@ -170,9 +172,7 @@ class KafkaTableConsumer:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         failures = 0
         while True:
-            batch = await consumer.getmany(
-                timeout_ms=self.spec.flush_interval_ms, max_records=self.spec.max_block_size
-            )
+            batch = await consumer.getmany(timeout_ms=self.spec.flush_interval_ms, max_records=self.spec.max_block_size)
             if not batch:
                 continue
             block = build_block(batch)
@@ -213,7 +213,10 @@ class KafkaEngine:
         self._tasks: dict[KafkaTableSpec, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        engine.on_ddl(lambda: self._loop.call_soon_threadsafe(self._changed.set))
+        engine.on_ddl(self._ddl_happened)
+
+    def _ddl_happened(self) -> None:
+        self._loop.call_soon_threadsafe(self._changed.set)
 
     async def run(self) -> None:
         """Reconcile consumers with the tables now and after every DDL statement, until cancelled."""

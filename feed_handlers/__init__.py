@@ -1,0 +1,3 @@
+"""Exchange WebSocket feed handlers: venue parsers, the generic runner, publishing, state."""
+
+__all__: list[str] = []

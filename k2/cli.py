@@ -1,0 +1,107 @@
+"""The ``k2`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from k2 import chclient
+from k2.embedded.stack import Stack, status
+from k2.errors import K2Error
+from k2.migrations import default_sql_dir, migrate
+from k2.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _print_endpoints(state: dict[str, Any]) -> None:
+    endpoints = state["endpoints"]
+    print(f"k2 is up (data dir {state['data_dir']})")
+    print(f"  kafka       {endpoints['kafka']}")
+    print(f"  clickhouse  {endpoints['clickhouse']}   try: k2 sql 'SELECT * FROM k2.ohlcv_1m LIMIT 5'")
+    sys.stdout.flush()
+
+
+def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    stack = Stack(settings)
+    if args.detach:
+        _print_endpoints(stack.up_detached())
+        return 0
+    return stack.up(on_ready=_print_endpoints)
+
+
+def _cmd_down(settings: Settings, _args: argparse.Namespace) -> int:
+    stopped = Stack(settings).down()
+    print("stopped: " + ", ".join(stopped) if stopped else "k2 is not running")
+    return 0
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    report = status(settings)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"k2 {'running' if report['running'] else 'not running'} (data dir {report['data_dir']})")
+        for name, comp in report["components"].items():
+            print(f"  {name:<11} {comp['health']:<9} {comp['endpoint']}  pid {comp['pid'] or '-'}")
+    return 0 if report["healthy"] else 1
+
+
+def _cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    client = chclient.connect(settings)
+    sys.stdout.buffer.write(chclient.raw_query(client, args.query, fmt=args.format))
+    sys.stdout.flush()
+    return 0
+
+
+def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    client = chclient.connect(settings)
+    sql_dir = args.sql_dir or default_sql_dir()
+    applied = migrate(client, sql_dir, {"KAFKA_BROKER_LIST": settings.kafka_brokers_for_clickhouse})
+    print(f"applied {len(applied)} migrations" + "".join(f"\n  {name}" for name in applied))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="k2", description="K2 market-data platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-dir", type=Path, help="embedded stack state (default: $K2_DATA_DIR or .k2)")
+        return p
+
+    up = with_data_dir(sub.add_parser("up", help="start the embedded stack (broker, ClickHouse)"))
+    up.add_argument("--detach", action="store_true", help="run in the background; stop with `k2 down`")
+    up.set_defaults(func=_cmd_up)
+    with_data_dir(sub.add_parser("down", help="stop the embedded stack")).set_defaults(func=_cmd_down)
+    st = with_data_dir(sub.add_parser("status", help="health and endpoints; exit 1 if anything is unhealthy"))
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_status)
+    sql = sub.add_parser("sql", help="run one query and print what ClickHouse returns")
+    sql.add_argument("query")
+    sql.add_argument("--format", default="TabSeparated", help="output format unless the query has FORMAT")
+    sql.set_defaults(func=_cmd_sql)
+    db = sub.add_parser("db", help="schema management").add_subparsers(dest="db_command", required=True)
+    mig = db.add_parser("migrate", help="apply clickhouse/ migrations not applied yet")
+    mig.add_argument("--sql-dir", type=Path, help=argparse.SUPPRESS)
+    mig.set_defaults(func=_cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(data_dir=getattr(args, "data_dir", None))
+        return int(args.func(settings, args))
+    except K2Error as exc:
+        print(f"k2: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
