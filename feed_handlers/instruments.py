@@ -132,7 +132,7 @@ def load_instruments(path: Path) -> Instruments:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = tuple(p for p in err["loc"] if p != "[key]")
             cause = err.get("ctx", {}).get("error")
             if isinstance(cause, _SymbolError):
                 loc = cause.loc

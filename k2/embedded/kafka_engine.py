@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -46,6 +46,7 @@ INSERT_ERRORS = Counter(
 )
 LAG = Gauge("k2_consumer_lag", "Messages behind the end of the topic, per Kafka table", ["table"])
 
+_Batch: TypeAlias = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 _UNKNOWN_TABLE = 60
 _BACKOFF_MAX_S = 10.0
 _ARROW_SCHEMA = pa.schema(
@@ -69,7 +70,7 @@ def _binary(chunks: Sequence[bytes]) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), len(chunks), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def build_block(batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> pa.Table:
+def build_block(batch: _Batch) -> pa.Table:
     """One polled batch as an Arrow table: the raw values plus everything the virtual columns need."""
     records = [r for recs in batch.values() for r in recs]
     return pa.Table.from_arrays(
@@ -140,7 +141,9 @@ class KafkaTableConsumer:
             if broken > self.spec.skip_broken_messages:
                 BROKEN.labels(self._label).inc(broken)
                 raise ClickHouseError(f"{_NOT_OBJECT}: {broken} broken messages in block", 117)
-        self._engine.execute(statements.insert, arrow=block)
+        # the MVs hanging off a queue table (bronze, errors; silver's gold levels) may run side by side
+        with self._engine.session_settings({"parallel_view_processing": "1"}):
+            self._engine.execute(statements.insert, arrow=block)
 
     async def run(self) -> None:
         """Consume until cancelled. Broker outages and failed inserts are retried with capped backoff."""
@@ -153,6 +156,8 @@ class KafkaTableConsumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=8 * 1024 * 1024,
+                # the broker may hold a fetch this long when there is little data: bound it by our flush
+                fetch_max_wait_ms=min(100, self.spec.flush_interval_ms),
                 fetch_max_bytes=64 * 1024 * 1024,
             )
             try:
@@ -170,31 +175,52 @@ class KafkaTableConsumer:
                     await consumer.stop()
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        """Poll into a block, insert it, commit it.
+
+        Polling continues while an insert runs (chDB releases the GIL), so a block holds whatever
+        arrived during the previous insert, up to ``kafka_max_block_size``: blocks grow with load and
+        stay small (low latency) when the stream is quiet. Inserts and commits stay strictly in order.
+        """
         failures = 0
+        pending: _Batch = {}
+        inflight: tuple[asyncio.Task[None], _Batch] | None = None
         while True:
-            batch = await consumer.getmany(timeout_ms=self.spec.flush_interval_ms, max_records=self.spec.max_block_size)
-            if not batch:
-                continue
-            block = build_block(batch)
-            try:
-                await asyncio.to_thread(self._insert, block)
-            except ClickHouseError as exc:
-                if exc.code == _UNKNOWN_TABLE:
-                    log.info("kafka table %s was dropped; its consumer stops", self._label)
-                    return
-                failures += 1
-                INSERT_ERRORS.labels(self._label).inc()
-                self._statements = None  # the table may have been altered
-                for tp, records in batch.items():
-                    consumer.seek(tp, records[0].offset)
-                delay = min(_BACKOFF_MAX_S, 0.1 * 2**failures)
-                log.error("kafka table %s: insert failed (%s); block redelivered in %.1fs", self._label, exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            ROWS.labels(self._label).inc(block.num_rows)
-            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
-            self._report_lag(consumer, batch)
+            room = self.spec.max_block_size - sum(len(r) for r in pending.values())
+            if room > 0 and not (inflight is None and pending):
+                polled = await consumer.getmany(timeout_ms=self._poll_timeout_ms(inflight), max_records=room)
+                for tp, records in polled.items():
+                    pending.setdefault(tp, []).extend(records)
+            if inflight is not None and (inflight[0].done() or room <= 0):
+                task, done = inflight
+                inflight = None
+                try:
+                    await task
+                except ClickHouseError as exc:
+                    if exc.code == _UNKNOWN_TABLE:
+                        log.info("kafka table %s was dropped; its consumer stops", self._label)
+                        return
+                    failures += 1
+                    INSERT_ERRORS.labels(self._label).inc()
+                    self._statements = None  # the table may have been altered
+                    for tp, records in {**pending, **done}.items():  # redeliver both, in order
+                        consumer.seek(tp, records[0].offset)
+                    pending = {}
+                    delay = min(_BACKOFF_MAX_S, 0.1 * 2**failures)
+                    log.error("kafka table %s: insert failed (%s); redelivering in %.1fs", self._label, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                ROWS.labels(self._label).inc(sum(len(r) for r in done.values()))
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in done.items()})
+                self._report_lag(consumer, done)
+            if inflight is None and pending:
+                block = build_block(pending)
+                inflight = (asyncio.create_task(asyncio.to_thread(self._insert, block)), pending)
+                pending = {}
+
+    def _poll_timeout_ms(self, inflight: tuple[asyncio.Task[None], _Batch] | None) -> int:
+        # While an insert runs, poll briefly so its completion is noticed quickly.
+        return 20 if inflight is not None else self.spec.flush_interval_ms
 
     def _report_lag(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, Any]) -> None:
         lag = 0
