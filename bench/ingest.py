@@ -1,0 +1,170 @@
+"""Benchmark: topic → silver throughput, produce → silver latency, embedded ClickHouse RSS.
+
+Starts its own Tansu broker and embedded ClickHouse (nothing else may use their ports), fills the
+Binance topic with N trade records, then creates the schema so the Kafka-table consumer starts from
+the earliest offset, and times how fast silver fills (with all six gold MVs attached). Then it
+publishes at a fixed rate and reads per-trade latency (silver ts_ingested − ts_received, the
+producer's send time) from ClickHouse.
+
+    .venv/bin/python bench/ingest.py --trades 1000000 --rate 5000 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import clickhouse_connect
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from k2.embedded.components import tansu_binary, tcp_open
+from k2.migrations import default_sql_dir, migrate
+from k2.topics import ensure_topics
+from tests.support import free_port, http_ok, wait_for
+
+TOPIC = "market.crypto.trades.binance"
+SYMBOLS = [("BTCUSDT", "BTC-USDT"), ("ETHUSDT", "ETH-USDT"), ("SOLUSDT", "SOL-USDT"), ("BNBUSDT", "BNB-USDT")]
+
+
+def record(i: int, ts_ns: int, received_ns: int) -> bytes:
+    symbol, canonical = SYMBOLS[i % len(SYMBOLS)]
+    return orjson.dumps(
+        {
+            "exchange": "binance",
+            "symbol": symbol,
+            "canonical_symbol": canonical,
+            "trade_id": str(4_000_000_000 + i),
+            "price": f"{65000 + (i % 5000) / 100:.8f}",
+            "quantity": f"0.{(i * 7919) % 99999999 + 1:08d}",
+            "side": "buy" if i % 3 else "sell",
+            "ts_event_ns": ts_ns,
+            "ts_received_ns": received_ns,
+            "event_time_ns": ts_ns + 1_000_000,
+            "is_buyer_maker": i % 3 == 0,
+            "stream_type": "trade",
+            "first_trade_id": None,
+            "last_trade_id": None,
+        }
+    )
+
+
+async def fill(bootstrap: str, n: int) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1_048_576)
+    await producer.start()
+    start = time.perf_counter()
+    base = time.time_ns() - n * 1000
+    try:
+        pending = []
+        for i in range(n):
+            pending.append(
+                await producer.send(TOPIC, record(i, base + i * 1000, base + i * 1000), key=SYMBOLS[i % 4][0].encode())
+            )
+            if len(pending) >= 50_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - start
+
+
+async def paced(bootstrap: str, rate: int, seconds: float, first_id: int) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    sent = 0
+    start = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = int(elapsed * rate) + 1
+            while sent < due:
+                now = time.time_ns()
+                await producer.send(TOPIC, record(first_id + sent, now, now), key=SYMBOLS[sent % 4][0].encode())
+                sent += 1
+            await asyncio.sleep(0.001)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trades", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=40)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="k2-bench-"))
+    kafka = f"127.0.0.1:{free_port()}"
+    ch_port = free_port()
+    broker = subprocess.Popen(
+        [str(tansu_binary()), "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url", f"tcp://{kafka}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    clickhouse = None
+    try:
+        wait_for(lambda: tcp_open("127.0.0.1", int(kafka.rsplit(":", 1)[1])), 30, "broker")
+        asyncio.run(ensure_topics(kafka, {TOPIC: args.partitions}))
+        fill_s = asyncio.run(fill(kafka, args.trades))
+        print(f"filled {TOPIC}: {args.trades} records in {fill_s:.1f}s ({args.trades / fill_s:,.0f} msg/s produced)")
+
+        clickhouse = subprocess.Popen(
+            [sys.executable, "-m", "k2.embedded.clickhouse_server", "--data-dir", str(work / "ch"), "--port", str(ch_port)],
+            stdout=(work / "clickhouse.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{ch_port}/ping"), 60, "embedded ClickHouse")
+        client = clickhouse_connect.get_client(host="127.0.0.1", port=ch_port)
+        start = time.perf_counter()
+        migrate(client, default_sql_dir(), {"KAFKA_BROKER_LIST": kafka})
+        wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= args.trades, 600, "silver filled")
+        wall_s = time.perf_counter() - start
+        span_s = (
+            float(
+                client.command(
+                    "SELECT dateDiff('microsecond', min(ts_ingested), max(ts_ingested)) FROM k2.silver_trades"
+                )
+            )
+            / 1e6
+        )
+        rss, peak = rss_mb(clickhouse.pid)
+        print(f"topic -> silver: {args.trades} trades, {args.trades / wall_s:,.0f} rows/s wall clock "
+              f"(schema creation, consumer group join included: {wall_s:.1f}s); "
+              f"{args.trades / span_s:,.0f} rows/s between first and last silver insert ({span_s:.1f}s)")  # fmt: skip
+        gold = client.command("SELECT sum(trade_count) FROM k2.ohlcv_1m")
+        assert gold == args.trades, f"gold 1m counts {gold} trades, expected {args.trades}"
+        print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
+
+        sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades))
+        total = args.trades + sent
+        wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= total, 120, "paced trades")
+        p50, p99, pmax = client.query(
+            "SELECT quantiles(0.5, 0.99, 1)(dateDiff('microsecond', ts_received, ts_ingested)) / 1000 "
+            f"FROM k2.silver_trades WHERE trade_id_num >= {4_000_000_000 + args.trades}"
+        ).result_rows[0][0]
+        print(f"produce -> visible in silver at {args.rate}/s for {args.seconds:.0f}s ({sent} trades): "
+              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {pmax:.0f} ms")  # fmt: skip
+        rss, peak = rss_mb(clickhouse.pid)
+        print(f"embedded ClickHouse RSS at the end: {rss:.0f} MB (peak {peak:.0f} MB)")
+    finally:
+        for process in (clickhouse, broker):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

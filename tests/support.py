@@ -1,0 +1,207 @@
+"""Helpers shared by the tests: free ports, polling for a condition, the embedded stack as a fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import clickhouse_connect
+import orjson
+from aiokafka import AIOKafkaProducer
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+K2 = [sys.executable, "-m", "k2.cli"]
+
+TEST_INSTRUMENTS = """
+exchanges:
+  binance:
+    ws_url: ws://127.0.0.1:1/stream
+    channel: trade
+    partitions: 4
+    symbols: [{BTCUSDT: BTC-USDT}, {ETHUSDT: ETH-USDT}]
+  kraken:
+    ws_url: ws://127.0.0.1:1/v2
+    channel: trade
+    partitions: 2
+    symbols: [BTC/USD]
+  coinbase:
+    ws_url: ws://127.0.0.1:1
+    channel: market_trades
+    partitions: 2
+    symbols: [BTC-USD]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last value {last!r})")
+        time.sleep(0.05)
+        last = condition()
+    return last
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class Stack:
+    """A running embedded stack started with ``k2 up --detach``."""
+
+    data_dir: Path
+    env: dict[str, str]
+    kafka: str
+    clickhouse_url: str
+
+    def k2(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*K2, *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        if check and result.returncode != 0:
+            raise AssertionError(f"k2 {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def client(self) -> Any:
+        port = int(self.clickhouse_url.rsplit(":", 1)[1])
+        return clickhouse_connect.get_client(host="127.0.0.1", port=port)
+
+    def pid(self, component: str) -> int:
+        return int((self.data_dir / "run" / f"{component}.pid").read_text())
+
+    def produce(self, messages: Iterable[tuple[str, bytes | dict[str, Any]]]) -> None:
+        """Publish (topic, record) pairs in order, each acknowledged by the broker."""
+        asyncio.run(produce(self.kafka, messages))
+
+
+async def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | dict[str, Any]]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for topic, record in messages:
+            value = record if isinstance(record, bytes) else orjson.dumps(record)
+            key = b"" if isinstance(record, bytes) else str(record.get("symbol", "")).encode()
+            futures.append(await producer.send(topic, value, key=key))
+        await producer.flush()
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+def stack_env(data_dir: Path) -> dict[str, str]:
+    instruments = data_dir.parent / f"{data_dir.name}-instruments.yaml"
+    instruments.write_text(TEST_INSTRUMENTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
+    env.update(
+        K2_DATA_DIR=str(data_dir),
+        K2_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+        K2_CLICKHOUSE_URL=f"http://127.0.0.1:{free_port()}",
+        K2_INSTRUMENTS=str(instruments),
+    )
+    return env
+
+
+@contextmanager
+def running_stack(data_dir: Path) -> Iterator[Stack]:
+    env = stack_env(data_dir)
+    stack = Stack(data_dir, env, env["K2_KAFKA_BOOTSTRAP"], env["K2_CLICKHOUSE_URL"])
+    stack.k2("up", "--detach")
+    try:
+        yield stack
+    finally:
+        stack.k2("down", check=False)
+
+
+@contextmanager
+def clickhouse_server(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A bare embedded ClickHouse process (no supervisor); yields its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "k2.embedded.clickhouse_server", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_ok(url + "/ping") or process.poll() is not None, 60, "embedded ClickHouse")
+        assert process.poll() is None, "embedded ClickHouse exited at start"
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+_EXTRAS: dict[str, dict[str, Any]] = {
+    "binance": {
+        "event_time_ns": 0,
+        "is_buyer_maker": False,
+        "stream_type": "trade",
+        "first_trade_id": None,
+        "last_trade_id": None,
+    },
+    "kraken": {"ord_type": "limit", "is_snapshot": False},
+    "coinbase": {"sequence_num": 1, "maker_side": "SELL", "is_snapshot": False},
+}
+VENUE_SYMBOL = {
+    "binance": lambda canonical: canonical.replace("-", ""),
+    "kraken": lambda canonical: canonical.replace("-", "/"),
+    "coinbase": lambda canonical: canonical,
+}
+
+
+def trade(
+    exchange: str,
+    canonical: str,
+    trade_id: int | str,
+    price: str,
+    quantity: str,
+    side: str,
+    ts_event_ns: int,
+    **extras: Any,
+) -> dict[str, Any]:
+    """A trade record as a feed handler publishes it (DESIGN.md contract plus the venue extras)."""
+    record: dict[str, Any] = {
+        "exchange": exchange,
+        "symbol": VENUE_SYMBOL[exchange](canonical),
+        "canonical_symbol": canonical,
+        "trade_id": str(trade_id),
+        "price": price,
+        "quantity": quantity,
+        "side": side,
+        "ts_event_ns": ts_event_ns,
+        "ts_received_ns": ts_event_ns + 1_000_000,
+        **_EXTRAS[exchange],
+    }
+    record.update(extras)
+    return record
+
+
+def topic(exchange: str) -> str:
+    return f"market.crypto.trades.{exchange}"
