@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from feed_handlers.app import run_handler
+from feed_handlers.instruments import EXCHANGES, load_instruments
+from feed_handlers.normalize import normalize
 from k2 import chclient
 from k2.embedded.stack import Stack, status
-from k2.errors import K2Error
+from k2.errors import ConfigError, K2Error
+from k2.logs import configure as configure_logs
 from k2.migrations import default_sql_dir, migrate
 from k2.settings import Settings, load_settings
 
@@ -66,6 +71,30 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_handler(settings: Settings, args: argparse.Namespace) -> int:
+    configure_logs(json=True)
+    asyncio.run(
+        run_handler(
+            args.exchange,
+            settings,
+            ws_url=args.ws_url,
+            bootstrap=args.bootstrap,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+        )
+    )
+    return 0
+
+
+def _cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
+    config = load_instruments(settings.instruments).exchanges.get(args.exchange)
+    if config is None:
+        raise ConfigError(f"{settings.instruments}: no entry for exchange {args.exchange!r}")
+    report = normalize(args.exchange, config, sys.stdin.buffer, sys.stdout.buffer)
+    print(report, file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k2", description="K2 market-data platform")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", default="TabSeparated", help="output format unless the query has FORMAT")
     sql.set_defaults(func=_cmd_sql)
+    handler = sub.add_parser("handler", help="run one exchange's feed handler")
+    handler.add_argument("exchange", choices=EXCHANGES)
+    handler.add_argument("--ws-url", help="connect here instead of instruments.yaml's ws_url (replay, tests)")
+    handler.add_argument("--bootstrap", help="broker host:port (default: K2_KAFKA_BOOTSTRAP)")
+    handler.add_argument("--metrics-host", default="127.0.0.1", help="where /metrics and /health listen")
+    handler.add_argument("--metrics-port", type=int, help="default: 9101 binance, 9102 kraken, 9103 coinbase")
+    handler.set_defaults(func=_cmd_handler)
+    norm = sub.add_parser("normalize", help="raw frames on stdin -> trade records (JSON lines) on stdout")
+    norm.add_argument("exchange", choices=EXCHANGES)
+    norm.set_defaults(func=_cmd_normalize)
     db = sub.add_parser("db", help="schema management").add_subparsers(dest="db_command", required=True)
     mig = db.add_parser("migrate", help="apply clickhouse/ migrations not applied yet")
     mig.add_argument("--sql-dir", type=Path, help=argparse.SUPPRESS)
@@ -94,13 +133,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logs(logging.INFO, json=False)
     try:
         settings = load_settings(data_dir=getattr(args, "data_dir", None))
         return int(args.func(settings, args))
     except K2Error as exc:
         print(f"k2: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `k2 normalize x | head`: the reader left, which is not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -80,3 +80,5 @@ class Venue:
     max_connection_age_s: float | None
     #: The venue replays recent trades on subscribe (overlapping what was seen): dedup by trade id.
     snapshot_on_subscribe: bool
+    #: Most streams (symbols) one connection may carry; more are split over several connections.
+    max_streams_per_connection: int | None = None

@@ -156,4 +156,5 @@ VENUE = Venue(
     subscribe_deadline_s=None,
     max_connection_age_s=24 * 3600.0,  # a connection lives at most 24 h [B1]
     snapshot_on_subscribe=False,  # trades missed while disconnected are never replayed
+    max_streams_per_connection=1024,  # [B1]
 )

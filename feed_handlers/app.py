@@ -1,0 +1,79 @@
+"""``k2 handler EXCHANGE``: one feed handler process with its broker, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from feed_handlers.handler import FeedHandler, HandlerOptions
+from feed_handlers.health import HealthServer
+from feed_handlers.instruments import EXCHANGES, load_instruments, topic_names
+from feed_handlers.publisher import KafkaSink, Publisher
+from feed_handlers.recovery import recover_last_ids
+from feed_handlers.transport import WebSocketTransport
+from k2.errors import ConfigError
+from k2.settings import Settings
+
+__all__ = ["default_metrics_port", "run_handler"]
+
+log = logging.getLogger(__name__)
+
+_RECOVERY_TIMEOUT_S = 30.0
+
+
+def default_metrics_port(exchange: str) -> int:
+    return 9101 + EXCHANGES.index(exchange)
+
+
+async def _last_ids(bootstrap: str, topic: str) -> dict[str, int]:
+    try:
+        return await asyncio.wait_for(recover_last_ids(bootstrap, topic), _RECOVERY_TIMEOUT_S)
+    except (TimeoutError, OSError, Exception) as exc:
+        log.warning("could not recover last trade ids from %s (%r): starting without them", topic, exc)
+        return {}
+
+
+async def run_handler(
+    exchange: str,
+    settings: Settings,
+    *,
+    ws_url: str | None = None,
+    bootstrap: str | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+) -> None:
+    instruments = load_instruments(settings.instruments)
+    config = instruments.exchanges.get(exchange)  # type: ignore[call-overload]
+    if config is None:
+        raise ConfigError(f"{settings.instruments}: no entry for exchange {exchange!r}")
+    brokers = bootstrap or settings.kafka_bootstrap
+    last_ids = await _last_ids(brokers, topic_names(exchange)[0])
+    publisher = Publisher(
+        KafkaSink(brokers, idempotence=settings.kafka_idempotence, client_id=f"k2-{exchange}"), exchange
+    )
+    handler = FeedHandler(
+        exchange,
+        config,
+        publisher,
+        WebSocketTransport(),
+        options=HandlerOptions(ws_url=ws_url),
+        instruments_path=settings.instruments,
+        last_ids=last_ids,
+    )
+
+    def status() -> tuple[bool, dict[str, object]]:
+        healthy = handler.healthy
+        return healthy, {
+            "status": "ok" if healthy else "failing",
+            "exchange": exchange,
+            "symbols": handler.runner.symbols,
+            "publish_buffer": publisher.buffered,
+        }
+
+    health = HealthServer(metrics_host, metrics_port or default_metrics_port(exchange), status)
+    await health.start()
+    log.info("feed handler up", extra={"exchange": exchange, "metrics_port": health.port, "brokers": brokers})
+    try:
+        await handler.run()
+    finally:
+        await health.stop()

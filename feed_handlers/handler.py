@@ -1,0 +1,216 @@
+"""One exchange's feed handler: runner → parse → dedup/gaps → publish, with metrics and health.
+
+Per frame: the verbatim frame goes to ``market.crypto.trades.<x>.raw`` (with its receive time), the
+pure venue parser turns it into trades, :class:`~feed_handlers.state.TradeState` drops duplicates
+(snapshots, rotation overlap, restarts) and tracks gaps, and each new trade goes to
+``market.crypto.trades.<x>`` keyed by symbol. A frame that does not parse goes to
+``market.crypto.trades.<x>.dlq`` with its raw bytes and the reason; the connection stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feed_handlers.errors import ParseError
+from feed_handlers.exchanges import VENUES, ParseResult, Venue
+from feed_handlers.instruments import ExchangeConfig, load_instruments, topic_names
+from feed_handlers.metrics import DEAD_LETTERS, DUPLICATES, FRAMES, GAPS, LAST_TRADE, MISSING, PARSE_ERRORS, TRADES
+from feed_handlers.publisher import Message, Publisher
+from feed_handlers.records import TradeRecord
+from feed_handlers.runner import Runner, RunnerSettings
+from feed_handlers.state import TradeState
+from feed_handlers.transport import Transport
+from k2.errors import ConfigError
+from k2.logs import bind
+
+__all__ = ["FeedHandler", "HandlerOptions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    ws_url: str | None = None  # overrides instruments.yaml (replay, tests)
+    gap_grace_s: float = 5.0
+    reload_interval_s: float = 2.0
+    max_buffered: int = 100_000
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+
+
+def canonical_map(config: ExchangeConfig) -> dict[str, str]:
+    return {i.symbol: i.canonical for i in config.symbols}
+
+
+class FeedHandler:
+    """Runs one exchange until SIGTERM/``stop()``; ``start()``-free: ``await run()`` owns every task."""
+
+    def __init__(
+        self,
+        exchange: str,
+        config: ExchangeConfig,
+        publisher: Publisher,
+        transport: Transport,
+        *,
+        options: HandlerOptions | None = None,
+        instruments_path: Path | None = None,
+        last_ids: Mapping[str, int] | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.venue: Venue = VENUES[exchange]
+        self.options = options or HandlerOptions()
+        self.config = config
+        self.canonical = canonical_map(config)
+        self.state = TradeState(self.options.gap_grace_s, last_ids)
+        self.topic, self.raw_topic, self.dlq_topic = topic_names(exchange)
+        self._publisher = publisher
+        self._instruments_path = instruments_path
+        self._stop = asyncio.Event()
+        self._sequence: dict[int, int] = {}
+        self.runner = Runner(
+            self.venue,
+            self.options.ws_url or config.ws_url,
+            list(self.canonical),
+            channel=config.channel,
+            on_frame=self.on_frame,
+            transport=transport,
+            settings=self.options.runner,
+        )
+        self._log = bind(log, exchange=exchange)
+
+    # -- the hot path ------------------------------------------------------------------------------
+
+    async def on_frame(self, frame: bytes | str, ts_received_ns: int, connection_id: int) -> bool:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        received = str(ts_received_ns).encode()
+        await self._publisher.publish(
+            Message(self.raw_topic, self.exchange.encode(), raw, (("ts_received_ns", received),))
+        )
+        try:
+            result = self.venue.parse(frame, ts_received_ns=ts_received_ns, canonical=self.canonical)
+        except ParseError as exc:
+            PARSE_ERRORS.labels(self.exchange).inc()
+            DEAD_LETTERS.labels(self.exchange).inc()
+            self._log.warning(
+                "frame dead-lettered: %s", exc.reason, extra={"frame_prefix": raw[:200].decode(errors="replace")}
+            )
+            headers = (("reason", exc.reason.encode()), ("ts_received_ns", received))
+            await self._publisher.publish(Message(self.dlq_topic, self.exchange.encode(), raw, headers))
+            return False
+        FRAMES.labels(self.exchange, result.kind).inc()
+        self._check_sequence(result, connection_id)
+        if result.kind == "error":
+            self._log.error("venue error: %s", result.error, extra={"req_id": result.req_id})
+        for trade in result.trades:
+            await self._accept(trade)
+        return result.kind == "shutdown"
+
+    async def _accept(self, trade: TradeRecord) -> None:
+        verdict = self.state.accept(trade.symbol, int(trade.trade_id), time.monotonic())
+        if not verdict.accepted:
+            DUPLICATES.labels(self.exchange, trade.symbol).inc()
+            return
+        if verdict.opened_gap:
+            self._log.info("trade id jump: %d ids not seen yet", verdict.opened_gap,
+                           extra={"symbol": trade.symbol, "trade_id": trade.trade_id})  # fmt: skip
+        await self._publisher.publish(
+            Message(self.topic, trade.symbol.encode(), trade.to_json(), received_ns=trade.ts_received_ns)
+        )
+        TRADES.labels(self.exchange, trade.symbol).inc()
+        LAST_TRADE.labels(self.exchange, trade.symbol).set(trade.ts_event_ns / 1e9)
+
+    def _check_sequence(self, result: ParseResult, connection_id: int) -> None:
+        if result.sequence_num is None:
+            return
+        previous = self._sequence.get(connection_id)
+        if previous is not None and result.sequence_num != previous + 1:
+            GAPS.labels(self.exchange, "_frames").inc()
+            MISSING.labels(self.exchange, "_frames").inc(max(0, result.sequence_num - previous - 1))
+            self._log.warning("frame sequence jumped from %d to %d", previous, result.sequence_num)
+        self._sequence[connection_id] = result.sequence_num
+
+    # -- background work ---------------------------------------------------------------------------
+
+    async def _confirm_gaps(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for gap in self.state.confirmed_gaps(time.monotonic()):
+                GAPS.labels(self.exchange, gap.symbol).inc()
+                MISSING.labels(self.exchange, gap.symbol).inc(gap.size)
+                self._log.warning("gap confirmed: trades %d..%d missing (%d)", gap.first_id, gap.last_id, gap.size,
+                                  extra={"symbol": gap.symbol})  # fmt: skip
+
+    async def _watch_config(self) -> None:
+        path = self._instruments_path
+        if path is None:
+            return
+        seen = path.stat().st_mtime_ns
+        while True:
+            await asyncio.sleep(self.options.reload_interval_s)
+            try:
+                mtime = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if mtime == seen:
+                continue
+            seen = mtime
+            try:
+                config = load_instruments(path).exchanges.get(self.exchange)  # type: ignore[call-overload]
+            except ConfigError as exc:
+                self._log.error("instruments.yaml not applied, keeping the running subscriptions: %s", exc)
+                continue
+            if config is None:
+                self._log.error("instruments.yaml no longer lists %s; keeping the running subscriptions", self.exchange)
+                continue
+            await self.apply(config)
+
+    async def apply(self, config: ExchangeConfig) -> None:
+        """Apply a new config for this exchange: subscribe/unsubscribe the difference."""
+        if config.channel != self.config.channel or config.ws_url != self.config.ws_url:
+            self._log.warning("channel or ws_url changed: applied when the handler is recreated")
+        self.canonical = canonical_map(config)
+        self.config = config
+        added, removed = await self.runner.update_symbols(list(self.canonical))
+        self._log.info("instruments reloaded", extra={"added": added, "removed": removed})
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        await self._publisher.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                runner = tg.create_task(self.runner.run(), name=f"{self.exchange}-runner")
+                background = [
+                    tg.create_task(self._confirm_gaps(), name="gaps"),
+                    tg.create_task(self._watch_config(), name="config-reload"),
+                ]
+                stopper = tg.create_task(self._stop.wait(), name="stop")
+                await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                self._log.info("stopping: unsubscribing and flushing")
+                await self.runner.stop()
+                await runner
+                for task in (*background, stopper):
+                    task.cancel()
+        finally:
+            delivered = await self._publisher.stop(flush_timeout_s=8.0)
+            self._log.info("stopped", extra={"all_delivered": delivered})
+
+    @property
+    def healthy(self) -> bool:
+        with contextlib.suppress(Exception):
+            self._publisher.check()
+            return True
+        return False

@@ -1,0 +1,103 @@
+"""Per-symbol trade-id state: what was published, what is missing, what is a duplicate.
+
+Trade ids are contiguous per symbol on all three venues (Binance ``t``/aggTrade ``a``, Kraken
+``trade_id`` per book, Coinbase ``trade_id`` per product), so a jump is a gap. A gap is not declared
+at once: a trade inside it may still arrive (a rotation overlap or a reconnect snapshot delivers
+older trades after newer ones). Ids inside an open gap are accepted when they come; what is still
+missing after ``grace_s`` is reported once as a confirmed gap (for backfill and the missing-trades
+counter). A trade that arrives after its gap was reported is still accepted (it is real, and silver
+deduplicates it against a backfilled copy) until ``10 * grace_s`` after the report. Anything else
+at or below the last id is a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["ConfirmedGap", "SymbolState", "TradeState", "Verdict"]
+
+_LATE_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class ConfirmedGap:
+    symbol: str
+    first_id: int  # first missing id
+    last_id: int  # last missing id (inclusive)
+
+    @property
+    def size(self) -> int:
+        return self.last_id - self.first_id + 1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    opened_gap: int = 0  # ids now missing because this trade jumped ahead
+
+
+@dataclass
+class _Gap:
+    first: int
+    last: int
+    confirm_at: float
+    reported: bool = False
+
+
+@dataclass
+class SymbolState:
+    last_id: int | None = None
+    gaps: list[_Gap] = field(default_factory=list)  # sorted, disjoint
+
+
+class TradeState:
+    """Last id and open gaps per symbol; ``now`` is passed in (monotonic seconds), never read here."""
+
+    def __init__(self, grace_s: float = 5.0, last_ids: Mapping[str, int] | None = None) -> None:
+        self.grace_s = grace_s
+        self._symbols: dict[str, SymbolState] = {s: SymbolState(i) for s, i in (last_ids or {}).items()}
+
+    def last_id(self, symbol: str) -> int | None:
+        state = self._symbols.get(symbol)
+        return None if state is None else state.last_id
+
+    def accept(self, symbol: str, trade_id: int, now: float) -> Verdict:
+        """Decide about one trade; ids of one symbol should come in ascending order within a frame."""
+        state = self._symbols.setdefault(symbol, SymbolState())
+        last = state.last_id
+        if last is None or trade_id == last + 1:
+            state.last_id = trade_id
+            return Verdict(True)
+        if trade_id > last:
+            state.gaps.append(_Gap(last + 1, trade_id - 1, now + self.grace_s))
+            state.last_id = trade_id
+            return Verdict(True, trade_id - 1 - last)
+        return Verdict(self._fill(state, trade_id))
+
+    @staticmethod
+    def _fill(state: SymbolState, trade_id: int) -> bool:
+        for i, gap in enumerate(state.gaps):
+            if gap.first <= trade_id <= gap.last:
+                parts = [
+                    _Gap(lo, hi, gap.confirm_at, gap.reported)
+                    for lo, hi in ((gap.first, trade_id - 1), (trade_id + 1, gap.last))
+                    if lo <= hi
+                ]
+                state.gaps[i : i + 1] = parts
+                return True
+        return False
+
+    def confirmed_gaps(self, now: float) -> Iterator[ConfirmedGap]:
+        """Gaps whose grace period ended since the last call (each reported once)."""
+        forget_before = now - _LATE_FACTOR * self.grace_s
+        for symbol, state in self._symbols.items():
+            for gap in state.gaps:
+                if not gap.reported and gap.confirm_at <= now:
+                    gap.reported = True
+                    yield ConfirmedGap(symbol, gap.first, gap.last)
+            state.gaps = [g for g in state.gaps if not (g.reported and g.confirm_at < forget_before)]
+
+    def open_gaps(self, symbol: str) -> list[tuple[int, int]]:
+        state = self._symbols.get(symbol)
+        return [] if state is None else [(g.first, g.last) for g in state.gaps]

@@ -1,0 +1,195 @@
+"""The generic runner against an in-memory transport: reconnects, 1008, silence, rotation, splitting."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from feed_handlers.exchanges import VENUES
+from feed_handlers.runner import Runner, RunnerSettings
+from feed_handlers.transport import TransportClosed
+
+FAST = RunnerSettings(
+    reconnect_backoff_initial_s=0.01,
+    reconnect_backoff_max_s=0.05,
+    policy_close_backoff_s=0.5,
+    rotate_before_s=0.0,
+    rotation_overlap_timeout_s=2.0,
+    healthy_after_s=60.0,
+)
+
+
+class FakeConn:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.sent: list[Any] = []
+        self.inbox: asyncio.Queue[bytes | str | TransportClosed] = asyncio.Queue()
+        self.closed: tuple[int, str] | None = None
+        self.opened_at = time.monotonic()
+
+    async def send(self, message: str) -> None:
+        if self.closed:
+            raise TransportClosed(*self.closed)
+        self.sent.append(orjson.loads(message))
+
+    async def recv(self) -> bytes | str:
+        item = await self.inbox.get()
+        if isinstance(item, TransportClosed):
+            self.inbox.put_nowait(item)
+            raise item
+        return item
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self.inbox.put_nowait(TransportClosed(code, reason))
+
+    def drop(self, code: int = 1006, reason: str = "") -> None:
+        self.closed = (code, reason)
+        self.inbox.put_nowait(TransportClosed(code, reason))
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.connections: list[FakeConn] = []
+        self.opened: asyncio.Queue[FakeConn] = asyncio.Queue()
+
+    async def connect(self, url: str) -> FakeConn:
+        conn = FakeConn(len(self.connections) + 1)
+        self.connections.append(conn)
+        self.opened.put_nowait(conn)
+        return conn
+
+    async def next(self) -> FakeConn:
+        return await asyncio.wait_for(self.opened.get(), 5.0)
+
+
+async def until(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def scenario(venue_changes: dict[str, Any], symbols: list[str], body: Callable[..., Awaitable[None]]) -> None:
+    venue = dataclasses.replace(VENUES["kraken"], max_messages_per_s=1000.0, **venue_changes)
+    frames: list[tuple[str, int]] = []
+
+    async def on_frame(frame: bytes | str, ts: int, conn_id: int) -> bool:
+        frames.append((frame if isinstance(frame, str) else frame.decode(), conn_id))
+        return frame == "SHUTDOWN"
+
+    async def main() -> None:
+        transport = FakeTransport()
+        runner = Runner(
+            venue, "ws://x", symbols, channel="trade", on_frame=on_frame, transport=transport, settings=FAST
+        )
+        task = asyncio.create_task(runner.run())
+        try:
+            await body(runner, transport, frames)
+        finally:
+            await runner.stop()
+            await asyncio.wait_for(task, 5.0)
+
+    asyncio.run(main())
+
+
+def subscribed(conn: FakeConn) -> list[str]:
+    return [s for m in conn.sent if m["method"] == "subscribe" for s in m["params"]["symbol"]]
+
+
+def test_subscribes_delivers_and_resubscribes_after_a_drop() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        first = await transport.next()
+        await until(lambda: bool(first.sent))
+        assert first.sent == [
+            {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD", "ETH/USD"], "snapshot": True},
+             "req_id": first.sent[0]["req_id"]}
+        ]  # fmt: skip
+        first.inbox.put_nowait("a")
+        first.drop()
+        second = await transport.next()
+        await until(lambda: bool(second.sent))
+        assert subscribed(second) == ["BTC/USD", "ETH/USD"]
+        second.inbox.put_nowait("b")
+        await until(lambda: len(frames) == 2)
+        assert [f for f, _ in frames] == ["a", "b"] and frames[0][1] != frames[1][1]
+
+    scenario({}, ["BTC/USD", "ETH/USD"], body)
+
+
+def test_policy_close_is_not_retried_in_a_loop() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        first = await transport.next()
+        first.drop(1008, "policy")
+        closed_at = time.monotonic()
+        second = await transport.next()
+        assert second.opened_at - closed_at >= FAST.policy_close_backoff_s
+
+    scenario({}, ["BTC/USD"], body)
+
+
+def test_silence_watchdog_replaces_a_quiet_connection() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        first = await transport.next()
+        second = await transport.next()
+        assert first.closed == (1000, "silent")
+        assert second.opened_at - first.opened_at >= 0.2
+
+    scenario({"silence_timeout_s": 0.2}, ["BTC/USD"], body)
+
+
+def test_rotation_overlaps_then_closes_the_old_connection() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        old = await transport.next()
+        new = await transport.next()  # opened at the age limit while old is still open
+        await until(lambda: bool(new.sent))
+        assert old.closed is None and subscribed(new) == ["BTC/USD"]
+        old.inbox.put_nowait("from-old")
+        await until(lambda: ("from-old", frames[-1][1]) in frames if frames else False)
+        new.inbox.put_nowait("from-new")
+        await until(lambda: old.closed == (1000, "rotated"))
+        assert [f for f, _ in frames][:2] == ["from-old", "from-new"]
+
+    scenario({"max_connection_age_s": 0.3, "silence_timeout_s": None}, ["BTC/USD"], body)
+
+
+def test_shutdown_notice_rotates_at_once() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        old = await transport.next()
+        old.inbox.put_nowait("SHUTDOWN")
+        new = await transport.next()
+        new.inbox.put_nowait("hello")
+        await until(lambda: old.closed == (1000, "rotated"))
+
+    scenario({"silence_timeout_s": None}, ["BTC/USD"], body)
+
+
+def test_symbols_split_over_connections_and_hot_changes() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        conns = [await transport.next() for _ in range(3)]
+        await until(lambda: all(c.sent for c in conns))
+        assert sorted(subscribed(c)[0] for c in conns) == ["A/USD", "C/USD", "E/USD"]
+        assert sorted(map(subscribed, conns)) == [["A/USD", "B/USD"], ["C/USD", "D/USD"], ["E/USD"]]
+        added, removed = await runner.update_symbols(["A/USD", "C/USD", "D/USD", "E/USD", "F/USD", "G/USD"])
+        assert (added, removed) == (["F/USD", "G/USD"], ["B/USD"])
+        first = next(c for c in conns if subscribed(c)[0] == "A/USD")
+        last = next(c for c in conns if subscribed(c)[0] == "E/USD")
+        await until(lambda: any(m["method"] == "unsubscribe" for m in first.sent))
+        assert [m["params"]["symbol"] for m in first.sent if m["method"] == "unsubscribe"] == [["B/USD"]]
+        # freed room is reused before opening a connection: F joins A's connection, G joins E's
+        await until(lambda: len(first.sent) == 3 and len(last.sent) == 2)
+        assert first.sent[2]["method"] == "subscribe" and first.sent[2]["params"]["symbol"] == ["F/USD"]
+        assert last.sent[1]["params"]["symbol"] == ["G/USD"]
+        assert len(transport.connections) == 3
+        await runner.update_symbols(["A/USD", "C/USD", "D/USD", "E/USD", "F/USD", "G/USD", "H/USD"])
+        fourth = await transport.next()
+        await until(lambda: bool(fourth.sent))
+        assert subscribed(fourth) == ["H/USD"]
+
+    scenario({"max_streams_per_connection": 2, "silence_timeout_s": None}, [f"{c}/USD" for c in "ABCDE"], body)
