@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from feed_handlers.errors import ParseError
-from feed_handlers.exchanges import VENUES, ParseResult, Venue
+from feed_handlers.exchanges import VENUES, Venue
 from feed_handlers.instruments import ExchangeConfig, load_instruments, topic_names
-from feed_handlers.metrics import DEAD_LETTERS, DUPLICATES, FRAMES, GAPS, LAST_TRADE, MISSING, PARSE_ERRORS, TRADES
+from feed_handlers.metrics import DEAD_LETTERS, GAPS, MISSING, PARSE_ERRORS
 from feed_handlers.publisher import Message, Publisher
 from feed_handlers.records import TradeRecord
 from feed_handlers.runner import Runner, RunnerSettings
@@ -73,6 +73,7 @@ class FeedHandler:
         self._instruments_path = instruments_path
         self._stop = asyncio.Event()
         self._sequence: dict[int, int] = {}
+        self.stats = publisher.stats
         self.runner = Runner(
             self.venue,
             self.options.ws_url or config.ws_url,
@@ -103,8 +104,10 @@ class FeedHandler:
             headers = (("reason", exc.reason.encode()), ("ts_received_ns", received))
             await self._publisher.publish(Message(self.dlq_topic, self.exchange.encode(), raw, headers))
             return False
-        FRAMES.labels(self.exchange, result.kind).inc()
-        self._check_sequence(result, connection_id)
+        frames = self.stats.frames
+        frames[result.kind] = frames.get(result.kind, 0) + 1
+        if result.sequence_num is not None:
+            self._check_sequence(result.sequence_num, connection_id)
         if result.kind == "error":
             self._log.error("venue error: %s", result.error, extra={"req_id": result.req_id})
         for trade in result.trades:
@@ -112,9 +115,11 @@ class FeedHandler:
         return result.kind == "shutdown"
 
     async def _accept(self, trade: TradeRecord) -> None:
-        verdict = self.state.accept(trade.symbol, int(trade.trade_id), time.monotonic())
+        symbol = trade.symbol
+        verdict = self.state.accept(symbol, int(trade.trade_id), time.monotonic())
+        stats = self.stats
         if not verdict.accepted:
-            DUPLICATES.labels(self.exchange, trade.symbol).inc()
+            stats.duplicates[symbol] = stats.duplicates.get(symbol, 0) + 1
             return
         if verdict.opened_gap:
             self._log.info("trade id jump: %d ids not seen yet", verdict.opened_gap,
@@ -122,18 +127,17 @@ class FeedHandler:
         await self._publisher.publish(
             Message(self.topic, trade.symbol.encode(), trade.to_json(), received_ns=trade.ts_received_ns)
         )
-        TRADES.labels(self.exchange, trade.symbol).inc()
-        LAST_TRADE.labels(self.exchange, trade.symbol).set(trade.ts_event_ns / 1e9)
+        stats.trades[symbol] = stats.trades.get(symbol, 0) + 1
+        stats.last_trade_s[symbol] = trade.ts_event_ns / 1e9
 
-    def _check_sequence(self, result: ParseResult, connection_id: int) -> None:
-        if result.sequence_num is None:
-            return
+    def _check_sequence(self, sequence_num: int, connection_id: int) -> None:
         previous = self._sequence.get(connection_id)
-        if previous is not None and result.sequence_num != previous + 1:
+        if previous is not None and sequence_num != previous + 1:
+            # frames dropped on this connection (Coinbase sequence_num is contiguous per connection)
             GAPS.labels(self.exchange, "_frames").inc()
-            MISSING.labels(self.exchange, "_frames").inc(max(0, result.sequence_num - previous - 1))
-            self._log.warning("frame sequence jumped from %d to %d", previous, result.sequence_num)
-        self._sequence[connection_id] = result.sequence_num
+            MISSING.labels(self.exchange, "_frames").inc(max(0, sequence_num - previous - 1))
+            self._log.warning("frame sequence jumped from %d to %d", previous, sequence_num)
+        self._sequence[connection_id] = sequence_num
 
     # -- background work ---------------------------------------------------------------------------
 

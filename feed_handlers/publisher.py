@@ -13,14 +13,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
-from feed_handlers.metrics import BACKPRESSURE, BUFFERED, PRODUCE_LATENCY, PUBLISH_ERRORS
+from feed_handlers.metrics import BACKPRESSURE, BUFFERED, PUBLISH_ERRORS, HotStats
 
 __all__ = ["KafkaSink", "Message", "Publisher", "Sink"]
 
@@ -36,18 +37,23 @@ class Message:
     received_ns: int = 0  # frame receive time: produce latency is measured from it (0: not measured)
 
 
+Delivery = Awaitable[list[BaseException | None]]
+
+
 class Sink(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def send(self, messages: Sequence[Message]) -> list[BaseException | None]:
-        """Deliver ``messages``; one result per message, None when the broker acknowledged it."""
+    async def submit(self, messages: Sequence[Message]) -> Delivery:
+        """Hand ``messages`` to the broker client; the result resolves to one entry per message,
+        None when the broker acknowledged it."""
         ...
 
 
 class KafkaSink:
-    """aiokafka producer tuned for throughput: batching, linger, lz4, ``acks=all``."""
+    """aiokafka producer tuned for throughput: record batches built per partition (one future per
+    batch, not per message), linger, lz4, ``acks=all``."""
 
     def __init__(self, bootstrap: str, *, idempotence: bool, linger_ms: int = 5, client_id: str = "k2") -> None:
         self._producer = AIOKafkaProducer(
@@ -56,11 +62,13 @@ class KafkaSink:
             acks="all",
             enable_idempotence=idempotence,  # Redpanda: yes; Tansu lacks InitProducerId
             linger_ms=linger_ms,
-            max_batch_size=512 * 1024,
+            max_batch_size=1024 * 1024,
             compression_type="lz4",
             request_timeout_ms=15_000,
             retry_backoff_ms=200,
         )
+        self._partitioner = DefaultPartitioner()  # murmur2(key) % partitions, as the Java client
+        self._partitions: dict[str, list[int]] = {}
 
     async def start(self) -> None:
         await self._producer.start()
@@ -68,34 +76,70 @@ class KafkaSink:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def send(self, messages: Sequence[Message]) -> list[BaseException | None]:
-        futures: list[asyncio.Future[object] | BaseException] = []
-        for m in messages:
-            try:
-                futures.append(await self._producer.send(m.topic, m.value, key=m.key, headers=list(m.headers)))
-            except KafkaError as exc:  # no metadata / buffer timeout: the broker is unreachable
-                futures.append(exc)
-        results: list[BaseException | None] = []
-        for future in futures:
-            if isinstance(future, BaseException):
-                results.append(future)
-                continue
+    async def _partitions_of(self, topic: str) -> list[int]:
+        known = self._partitions.get(topic)
+        if known is None:
+            known = sorted(await self._producer.partitions_for(topic))
+            self._partitions[topic] = known
+        return known
+
+    async def submit(self, messages: Sequence[Message]) -> Delivery:
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, m in enumerate(messages):
+            partitions = await self._partitions_of(m.topic)
+            partition = self._partitioner(m.key, partitions, partitions) if m.key else partitions[i % len(partitions)]
+            groups.setdefault((m.topic, partition), []).append(i)
+        sent: list[tuple[list[int], asyncio.Future[object]]] = []
+        failed: list[tuple[list[int], BaseException]] = []
+        for (topic, partition), indexes in groups.items():
+            start = 0
+            while start < len(indexes):
+                batch = self._producer.create_batch()
+                taken = 0
+                for i in indexes[start:]:
+                    m = messages[i]
+                    if batch.append(key=m.key, value=m.value, timestamp=None, headers=list(m.headers)) is None:
+                        break
+                    taken += 1
+                if taken == 0:
+                    raise ValueError(f"message of {len(messages[indexes[start]].value)} bytes exceeds a batch")
+                chunk = indexes[start : start + taken]
+                start += taken
+                try:
+                    sent.append((chunk, await self._producer.send_batch(batch, topic, partition=partition)))
+                except KafkaError as exc:  # no metadata / buffer timeout: the broker is unreachable
+                    failed.append((chunk, exc))
+        return self._deliveries(len(messages), sent, failed)
+
+    @staticmethod
+    async def _deliveries(
+        n: int, sent: list[tuple[list[int], asyncio.Future[object]]], failed: list[tuple[list[int], BaseException]]
+    ) -> list[BaseException | None]:
+        results: list[BaseException | None] = [None] * n
+        for indexes, error in failed:
+            for i in indexes:
+                results[i] = error
+        for indexes, future in sent:
             try:
                 await future
-                results.append(None)
             except KafkaError as exc:
-                results.append(exc)
+                for i in indexes:
+                    results[i] = exc
         return results
 
 
 class Publisher:
     """Bounded buffer + ordered, retrying drain into a Sink. ``start``/``stop``/``flush``."""
 
-    def __init__(self, sink: Sink, exchange: str, *, max_buffered: int = 100_000, batch: int = 2_000) -> None:
+    def __init__(
+        self, sink: Sink, exchange: str, *, max_buffered: int = 100_000, batch: int = 5_000, window: int = 4
+    ) -> None:
         self._sink = sink
         self._exchange = exchange
         self._max = max_buffered
         self._batch = batch
+        self.stats = HotStats(exchange)
+        self._window = window
         self._buffer: deque[Message] = deque()
         self._has_data = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -120,12 +164,14 @@ class Publisher:
             self._task = None
         if self._started:
             await self._sink.stop()
+        self.stats.close()
         if not delivered:
             log.error("%s: stopping with %d messages not delivered", self._exchange, len(self._buffer))
         return delivered
 
     @property
     def buffered(self) -> int:
+        """Messages not yet handed to the broker client (in-flight batches not counted)."""
         return len(self._buffer)
 
     def check(self) -> None:
@@ -137,6 +183,7 @@ class Publisher:
         """Buffer ``message``; wait while the buffer is full (backpressure)."""
         if len(self._buffer) >= self._max:
             self._full_since = time.monotonic()
+            BUFFERED.labels(self._exchange).set(len(self._buffer))
             BACKPRESSURE.labels(self._exchange).set(1)
             log.warning("%s: publish buffer full (%d messages): pausing reads until the broker catches up",
                         self._exchange, self._max)  # fmt: skip
@@ -147,9 +194,9 @@ class Publisher:
             log.warning("%s: publish buffer has room again after %.1fs", self._exchange,
                         time.monotonic() - self._full_since)  # fmt: skip
         self._buffer.append(message)
-        self._idle.clear()
-        self._has_data.set()
-        BUFFERED.labels(self._exchange).set(len(self._buffer))
+        if self._idle.is_set():
+            self._idle.clear()
+            self._has_data.set()
 
     async def flush(self, timeout_s: float) -> bool:
         try:
@@ -172,33 +219,41 @@ class Publisher:
                 await asyncio.sleep(delay)
 
     async def _drain(self) -> None:
+        """Submit batches in order with up to ``window`` awaiting acknowledgement; failed messages go
+        back to the front of the buffer and are retried (at-least-once, order kept per attempt)."""
         await self._connect()
         failures = 0
+        inflight: deque[tuple[list[Message], Delivery]] = deque()
+        observe = self.stats.observe_latency
+        buffered = BUFFERED.labels(self._exchange)
         while True:
-            if not self._buffer:
-                self._idle.set()
-                self._has_data.clear()
-                await self._has_data.wait()
+            if self._buffer and len(inflight) < self._window:
+                batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
+                self._has_room.set()
+                inflight.append((batch, await self._sink.submit(batch)))
                 continue
-            batch = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
-            results = await self._sink.send(batch)
-            delivered = 0
-            for message, error in zip(batch, results, strict=True):
-                if error is not None:
-                    break  # keep order: this and the rest are retried
-                delivered += 1
-                if message.received_ns:
-                    PRODUCE_LATENCY.labels(self._exchange).observe((time.time_ns() - message.received_ns) / 1e9)
-            for _ in range(delivered):
-                self._buffer.popleft()
-            BUFFERED.labels(self._exchange).set(len(self._buffer))
-            self._has_room.set()
-            if delivered < len(batch):
-                failures += 1
-                PUBLISH_ERRORS.labels(self._exchange).inc()
-                delay = min(5.0, 0.1 * 2**failures)
-                log.warning("%s: broker did not take %d messages (%r); retrying in %.1fs",
-                            self._exchange, len(batch) - delivered, results[delivered], delay)  # fmt: skip
-                await asyncio.sleep(delay)
-            else:
-                failures = 0
+            if inflight:
+                batch, delivery = inflight.popleft()
+                results = await delivery
+                now = time.time_ns()
+                retry = []
+                for message, error in zip(batch, results, strict=True):
+                    if error is not None:
+                        retry.append(message)
+                    elif message.received_ns:
+                        observe((now - message.received_ns) / 1e9)
+                if retry:
+                    self._buffer.extendleft(reversed(retry))
+                    failures += 1
+                    PUBLISH_ERRORS.labels(self._exchange).inc()
+                    delay = min(5.0, 0.1 * 2**failures)
+                    log.warning("%s: broker did not take %d messages (%r); retrying in %.1fs",
+                                self._exchange, len(retry), next(e for e in results if e), delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+                else:
+                    failures = 0
+                buffered.set(len(self._buffer))
+                continue
+            self._idle.set()
+            self._has_data.clear()
+            await self._has_data.wait()

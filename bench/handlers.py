@@ -1,0 +1,134 @@
+"""Benchmark: feed handler throughput per venue on one core, against a bare orjson ceiling.
+
+For each venue, N trade frames (real captured frames, replicated with fresh trade ids) go through
+what the live handler does per frame — raw-frame publish, pure venue parse, dedup/gap state,
+normalized record publish — into a real Tansu broker, until the broker acknowledged every message.
+The ceiling is ``orjson.dumps(orjson.loads(frame))`` over the same frames. Also reports
+frame-received → produce-acked latency percentiles (from the handler's produce acks).
+
+    .venv/bin/python bench/handlers.py --trades 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Awaitable, Sequence
+
+import orjson
+
+from feed_handlers.handler import FeedHandler, HandlerOptions
+from feed_handlers.instruments import ExchangeConfig, Instrument, topic_names
+from feed_handlers.publisher import KafkaSink, Message, Publisher
+from k2.embedded.components import tansu_binary, tcp_open
+from k2.topics import ensure_topics
+from tests.support import free_port, wait_for
+
+CONFIGS = {
+    "binance": ExchangeConfig(ws_url="ws://x", channel="trade", partitions=4,
+                              symbols=(Instrument(symbol="BTCUSDT", canonical="BTC-USDT"),)),
+    "kraken": ExchangeConfig(ws_url="ws://x", channel="trade", partitions=4,
+                             symbols=(Instrument(symbol="BTC/USD", canonical="BTC-USD"),)),
+    "coinbase": ExchangeConfig(ws_url="ws://x", channel="market_trades", partitions=4,
+                               symbols=(Instrument(symbol="BTC-USD", canonical="BTC-USD"),)),
+}  # fmt: skip
+
+
+def frames(venue: str, n: int) -> list[bytes]:
+    """n one-trade frames shaped exactly like the venue's (ids contiguous), from a real frame."""
+    out = []
+    for i in range(n):
+        if venue == "binance":
+            out.append(orjson.dumps({"stream": "btcusdt@trade", "data": {
+                "e": "trade", "E": 1_795_000_000_000 + i, "s": "BTCUSDT", "t": 10_000_000 + i,
+                "p": f"{65000 + i % 1000}.12000000", "q": "0.00214000", "T": 1_795_000_000_000 + i,
+                "m": i % 2 == 0, "M": True}}))  # fmt: skip
+        elif venue == "kraken":
+            out.append(b'{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","price":'
+                       + f"{65000 + i % 1000}.1".encode() + b',"qty":0.00123456,"ord_type":"limit","trade_id":'
+                       + str(5_000_000 + i).encode() + b',"timestamp":"2026-11-22T10:00:00.123456Z"}]}')  # fmt: skip
+        else:
+            out.append(orjson.dumps({"channel": "market_trades", "timestamp": "2026-11-22T10:00:00.123456789Z",
+                "sequence_num": i, "events": [{"type": "update", "trades": [{"product_id": "BTC-USD",
+                "trade_id": str(1_068_572_090 + i), "price": f"{65000 + i % 1000}.67", "size": "0.002186",
+                "time": "2026-11-22T10:00:00.514318Z", "side": "SELL"}]}]}))  # fmt: skip
+    return out
+
+
+def ceiling(data: Sequence[bytes]) -> float:
+    start = time.perf_counter()
+    for frame in data:
+        orjson.dumps(orjson.loads(frame))
+    return len(data) / (time.perf_counter() - start)
+
+
+class TimedSink(KafkaSink):
+    """KafkaSink that records receive → ack latency of the normalized trade messages."""
+
+    latencies_ns: list[int]
+
+    async def submit(self, messages: Sequence[Message]) -> Awaitable[list[BaseException | None]]:
+        delivery = await super().submit(messages)
+
+        async def timed() -> list[BaseException | None]:
+            results = await delivery
+            now = time.time_ns()
+            self.latencies_ns.extend(now - m.received_ns for m, r in zip(messages, results, strict=True)
+                                     if r is None and m.received_ns)  # fmt: skip
+            return results
+
+        return timed()
+
+
+async def through_handler(venue: str, data: Sequence[bytes], bootstrap: str) -> tuple[float, list[int]]:
+    sink = TimedSink(bootstrap, idempotence=False)
+    sink.latencies_ns = []
+    publisher = Publisher(sink, venue, max_buffered=50_000)
+    handler = FeedHandler(venue, CONFIGS[venue], publisher, transport=None,  # type: ignore[arg-type]
+                          options=HandlerOptions())  # fmt: skip
+    await publisher.start()
+    start = time.perf_counter()
+    for frame in data:
+        await handler.on_frame(frame, time.time_ns(), 1)
+    assert await publisher.flush(120.0), "broker did not take everything"
+    elapsed = time.perf_counter() - start
+    await publisher.stop()
+    return len(data) / elapsed, sink.latencies_ns
+
+
+def pct(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trades", type=int, default=200_000)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {0})  # one core for the handler; the broker gets the other
+    kafka = f"127.0.0.1:{free_port()}"
+    broker = subprocess.Popen(
+        [str(tansu_binary()), "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url", f"tcp://{kafka}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        os.sched_setaffinity(broker.pid, {1})
+        wait_for(lambda: tcp_open("127.0.0.1", int(kafka.rsplit(":", 1)[1])), 30, "broker")
+        for venue in CONFIGS:
+            asyncio.run(ensure_topics(kafka, dict.fromkeys(topic_names(venue), 4)))
+            data = frames(venue, args.trades)
+            top = ceiling(data)
+            rate, latencies = asyncio.run(through_handler(venue, data, kafka))
+            print(f"{venue:8s}: {rate:,.0f} trades/s through parse -> record -> produce (raw + normalized, acked) "
+                  f"= {100 * rate / top:.0f}% of the orjson loads+dumps ceiling {top:,.0f}/s; "
+                  f"receive -> ack latency p50 {pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms")  # fmt: skip
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
