@@ -41,6 +41,8 @@ async def run_handler(
     bootstrap: str | None = None,
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    backfill: bool | None = None,
+    rest_url: str | None = None,
 ) -> None:
     instruments = load_instruments(settings.instruments)
     config = instruments.exchanges.get(exchange)  # type: ignore[call-overload]
@@ -56,7 +58,9 @@ async def run_handler(
         config,
         publisher,
         WebSocketTransport(),
-        options=HandlerOptions(ws_url=ws_url),
+        options=HandlerOptions(
+            ws_url=ws_url, backfill=settings.backfill if backfill is None else backfill, rest_url=rest_url
+        ),
         instruments_path=settings.instruments,
         last_ids=last_ids,
     )

@@ -18,14 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from feed_handlers.backfill import backfill
 from feed_handlers.errors import ParseError
 from feed_handlers.exchanges import VENUES, Venue
 from feed_handlers.instruments import ExchangeConfig, load_instruments, topic_names
-from feed_handlers.metrics import DEAD_LETTERS, GAPS, MISSING, PARSE_ERRORS
+from feed_handlers.metrics import BACKFILLED, DEAD_LETTERS, GAPS, MISSING, PARSE_ERRORS
 from feed_handlers.publisher import Message, Publisher
 from feed_handlers.records import TradeRecord
 from feed_handlers.runner import Runner, RunnerSettings
-from feed_handlers.state import TradeState
+from feed_handlers.state import ConfirmedGap, TradeState
 from feed_handlers.transport import Transport
 from k2.errors import ConfigError
 from k2.logs import bind
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class HandlerOptions:
     ws_url: str | None = None  # overrides instruments.yaml (replay, tests)
+    backfill: bool = False  # fetch confirmed gaps over REST
+    rest_url: str | None = None  # overrides instruments.yaml's rest_url
     gap_grace_s: float = 5.0
     reload_interval_s: float = 2.0
     max_buffered: int = 100_000
@@ -116,7 +119,7 @@ class FeedHandler:
 
     async def _accept(self, trade: TradeRecord) -> None:
         symbol = trade.symbol
-        verdict = self.state.accept(symbol, int(trade.trade_id), time.monotonic())
+        verdict = self.state.accept(symbol, int(trade.trade_id), time.monotonic(), trade.ts_event_ns)
         stats = self.stats
         if not verdict.accepted:
             stats.duplicates[symbol] = stats.duplicates.get(symbol, 0) + 1
@@ -144,11 +147,30 @@ class FeedHandler:
     async def _confirm_gaps(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            for gap in self.state.confirmed_gaps(time.monotonic()):
+            for gap in list(self.state.confirmed_gaps(time.monotonic())):
                 GAPS.labels(self.exchange, gap.symbol).inc()
-                MISSING.labels(self.exchange, gap.symbol).inc(gap.size)
-                self._log.warning("gap confirmed: trades %d..%d missing (%d)", gap.first_id, gap.last_id, gap.size,
-                                  extra={"symbol": gap.symbol})  # fmt: skip
+                recovered = await self._backfill(gap)
+                MISSING.labels(self.exchange, gap.symbol).inc(gap.size - recovered)
+                self._log.warning("gap confirmed: trades %d..%d missing (%d), %d backfilled", gap.first_id,
+                                  gap.last_id, gap.size, recovered, extra={"symbol": gap.symbol})  # fmt: skip
+
+    async def _backfill(self, gap: ConfirmedGap) -> int:
+        rest_url = self.options.rest_url or self.config.rest_url
+        canonical = self.canonical.get(gap.symbol)
+        if not self.options.backfill or rest_url is None or canonical is None:
+            return 0
+        try:
+            trades = await backfill(self.exchange, rest_url, self.config.channel, canonical, gap, time.time_ns())
+        except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+            self._log.error("backfill failed: %r", exc, extra={"symbol": gap.symbol})
+            return 0
+        published = 0
+        for trade in trades:
+            if self.state.accept(trade.symbol, int(trade.trade_id), time.monotonic()).accepted:
+                await self._publisher.publish(Message(self.topic, trade.symbol.encode(), trade.to_json()))
+                published += 1
+        BACKFILLED.labels(self.exchange, gap.symbol).inc(published)
+        return published
 
     async def _watch_config(self) -> None:
         path = self._instruments_path

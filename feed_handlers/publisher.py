@@ -69,6 +69,7 @@ class KafkaSink:
         )
         self._partitioner = DefaultPartitioner()  # murmur2(key) % partitions, as the Java client
         self._partitions: dict[str, list[int]] = {}
+        self._by_key: dict[tuple[str, bytes], int] = {}
 
     async def start(self) -> None:
         await self._producer.start()
@@ -76,19 +77,22 @@ class KafkaSink:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def _partitions_of(self, topic: str) -> list[int]:
-        known = self._partitions.get(topic)
-        if known is None:
-            known = sorted(await self._producer.partitions_for(topic))
-            self._partitions[topic] = known
-        return known
+    async def _partition_of(self, topic: str, key: bytes | None, i: int) -> int:
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+        if not key:
+            return partitions[i % len(partitions)]
+        # keys are symbols, a handful per exchange: hash each once (murmur2 in Python is slow)
+        cached = self._by_key.get((topic, key))
+        if cached is None:
+            cached = self._by_key[topic, key] = self._partitioner(key, partitions, partitions)
+        return cached
 
     async def submit(self, messages: Sequence[Message]) -> Delivery:
         groups: dict[tuple[str, int], list[int]] = {}
         for i, m in enumerate(messages):
-            partitions = await self._partitions_of(m.topic)
-            partition = self._partitioner(m.key, partitions, partitions) if m.key else partitions[i % len(partitions)]
-            groups.setdefault((m.topic, partition), []).append(i)
+            groups.setdefault((m.topic, await self._partition_of(m.topic, m.key, i)), []).append(i)
         sent: list[tuple[list[int], asyncio.Future[object]]] = []
         failed: list[tuple[list[int], BaseException]] = []
         for (topic, partition), indexes in groups.items():

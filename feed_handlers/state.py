@@ -25,6 +25,8 @@ class ConfirmedGap:
     symbol: str
     first_id: int  # first missing id
     last_id: int  # last missing id (inclusive)
+    after_ns: int = 0  # event time of the trade just before the gap (0: unknown), for time-based backfill
+    before_ns: int = 0  # event time of the trade just after it
 
     @property
     def size(self) -> int:
@@ -42,12 +44,15 @@ class _Gap:
     first: int
     last: int
     confirm_at: float
+    after_ns: int = 0
+    before_ns: int = 0
     reported: bool = False
 
 
 @dataclass
 class SymbolState:
     last_id: int | None = None
+    last_ts_ns: int = 0
     gaps: list[_Gap] = field(default_factory=list)  # sorted, disjoint
 
 
@@ -62,16 +67,16 @@ class TradeState:
         state = self._symbols.get(symbol)
         return None if state is None else state.last_id
 
-    def accept(self, symbol: str, trade_id: int, now: float) -> Verdict:
+    def accept(self, symbol: str, trade_id: int, now: float, ts_event_ns: int = 0) -> Verdict:
         """Decide about one trade; ids of one symbol should come in ascending order within a frame."""
         state = self._symbols.setdefault(symbol, SymbolState())
         last = state.last_id
         if last is None or trade_id == last + 1:
-            state.last_id = trade_id
+            state.last_id, state.last_ts_ns = trade_id, ts_event_ns
             return Verdict(True)
         if trade_id > last:
-            state.gaps.append(_Gap(last + 1, trade_id - 1, now + self.grace_s))
-            state.last_id = trade_id
+            state.gaps.append(_Gap(last + 1, trade_id - 1, now + self.grace_s, state.last_ts_ns, ts_event_ns))
+            state.last_id, state.last_ts_ns = trade_id, ts_event_ns
             return Verdict(True, trade_id - 1 - last)
         return Verdict(self._fill(state, trade_id))
 
@@ -80,7 +85,7 @@ class TradeState:
         for i, gap in enumerate(state.gaps):
             if gap.first <= trade_id <= gap.last:
                 parts = [
-                    _Gap(lo, hi, gap.confirm_at, gap.reported)
+                    _Gap(lo, hi, gap.confirm_at, gap.after_ns, gap.before_ns, gap.reported)
                     for lo, hi in ((gap.first, trade_id - 1), (trade_id + 1, gap.last))
                     if lo <= hi
                 ]
@@ -95,7 +100,7 @@ class TradeState:
             for gap in state.gaps:
                 if not gap.reported and gap.confirm_at <= now:
                     gap.reported = True
-                    yield ConfirmedGap(symbol, gap.first, gap.last)
+                    yield ConfirmedGap(symbol, gap.first, gap.last, gap.after_ns, gap.before_ns)
             state.gaps = [g for g in state.gaps if not (g.reported and g.confirm_at < forget_before)]
 
     def open_gaps(self, symbol: str) -> list[tuple[int, int]]:

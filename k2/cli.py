@@ -81,6 +81,8 @@ def _cmd_handler(settings: Settings, args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap,
             metrics_host=args.metrics_host,
             metrics_port=args.metrics_port,
+            backfill=args.backfill or None,
+            rest_url=args.rest_url,
         )
     )
     return 0
@@ -120,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     handler.add_argument("--bootstrap", help="broker host:port (default: K2_KAFKA_BOOTSTRAP)")
     handler.add_argument("--metrics-host", default="127.0.0.1", help="where /metrics and /health listen")
     handler.add_argument("--metrics-port", type=int, help="default: 9101 binance, 9102 kraken, 9103 coinbase")
+    handler.add_argument("--backfill", action="store_true", help="fetch gaps over REST (default: K2_BACKFILL)")
+    handler.add_argument("--rest-url", help="REST base URL for backfill instead of instruments.yaml's rest_url")
     handler.set_defaults(func=_cmd_handler)
     norm = sub.add_parser("normalize", help="raw frames on stdin -> trade records (JSON lines) on stdout")
     norm.add_argument("exchange", choices=EXCHANGES)

@@ -37,6 +37,7 @@ class Settings(BaseModel):
         default="", description="brokers as ClickHouse's Kafka engine sees them; empty = kafka_bootstrap"
     )
     startup_timeout_s: float = 60.0
+    backfill: bool = Field(default=False, description="feed handlers fetch trade-id gaps over REST")
 
     @property
     def kafka_brokers_for_clickhouse(self) -> str:
