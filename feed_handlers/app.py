@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 _RECOVERY_TIMEOUT_S = 30.0
 
 
-def default_metrics_port(exchange: str) -> int:
-    return 9101 + EXCHANGES.index(exchange)
+def default_metrics_port(settings: Settings, exchange: str) -> int:
+    return settings.handler_metrics_port_base + EXCHANGES.index(exchange)
 
 
 async def _last_ids(bootstrap: str, topic: str) -> dict[str, int]:
@@ -74,7 +74,7 @@ async def run_handler(
             "publish_buffer": publisher.buffered,
         }
 
-    health = HealthServer(metrics_host, metrics_port or default_metrics_port(exchange), status)
+    health = HealthServer(metrics_host, metrics_port or default_metrics_port(settings, exchange), status)
     await health.start()
     log.info("feed handler up", extra={"exchange": exchange, "metrics_port": health.port, "brokers": brokers})
     try:

@@ -14,6 +14,7 @@ from feed_handlers.app import run_handler
 from feed_handlers.instruments import EXCHANGES, load_instruments
 from feed_handlers.normalize import normalize
 from k2 import chclient
+from k2.embedded.components import Feeds, exchanges_reachable
 from k2.embedded.stack import Stack, status
 from k2.errors import ConfigError, K2Error
 from k2.logs import configure as configure_logs
@@ -21,6 +22,8 @@ from k2.migrations import default_sql_dir, migrate
 from k2.settings import Settings, load_settings
 
 __all__ = ["main"]
+
+DEFAULT_CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 
 
 def _print_endpoints(state: dict[str, Any]) -> None:
@@ -31,8 +34,19 @@ def _print_endpoints(state: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _feeds(settings: Settings, args: argparse.Namespace) -> Feeds:
+    mode = "replay" if args.replay and args.feeds == "auto" else args.feeds
+    replay_dir = Path(args.replay) if args.replay else DEFAULT_CAPTURES
+    if mode == "auto":
+        reachable = exchanges_reachable(load_instruments(settings.instruments))
+        mode = "live" if reachable else "replay"
+        if not reachable:
+            print(f"k2: exchanges unreachable (no internet?): replaying {replay_dir}", file=sys.stderr)
+    return Feeds(mode, replay_dir if mode == "replay" else None, args.speed, not args.no_loop)
+
+
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    stack = Stack(settings)
+    stack = Stack(settings, _feeds(settings, args))
     if args.detach:
         _print_endpoints(stack.up_detached())
         return 0
@@ -107,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = with_data_dir(sub.add_parser("up", help="start the embedded stack (broker, ClickHouse)"))
     up.add_argument("--detach", action="store_true", help="run in the background; stop with `k2 down`")
+    up.add_argument("--feeds", choices=["auto", "live", "replay", "none"], default="auto",
+                    help="auto: live exchanges when reachable, else replay the recorded captures")  # fmt: skip
+    up.add_argument("--replay", metavar="DIR", help="serve <exchange>.jsonl captures from DIR as fake exchanges")
+    up.add_argument("--speed", default="1", help="replay speed multiplier, or 'max'")
+    up.add_argument("--no-loop", action="store_true", help="replay the captures once instead of looping")
     up.set_defaults(func=_cmd_up)
     with_data_dir(sub.add_parser("down", help="stop the embedded stack")).set_defaults(func=_cmd_down)
     st = with_data_dir(sub.add_parser("status", help="health and endpoints; exit 1 if anything is unhealthy"))

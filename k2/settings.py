@@ -37,6 +37,8 @@ class Settings(BaseModel):
         default="", description="brokers as ClickHouse's Kafka engine sees them; empty = kafka_bootstrap"
     )
     startup_timeout_s: float = 60.0
+    replay_port_base: int = Field(default=9201, description="k2 up --replay: binance, kraken, coinbase ports")
+    handler_metrics_port_base: int = Field(default=9101, description="handlers' /metrics: binance, kraken, coinbase")
     backfill: bool = Field(default=False, description="feed handlers fetch trade-id gaps over REST")
 
     @property

