@@ -1,0 +1,100 @@
+"""The handler's per-frame path with an in-memory transport and sink: topics, dedup, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from feed_handlers.handler import FeedHandler, HandlerOptions
+from feed_handlers.instruments import ExchangeConfig, Instrument
+from feed_handlers.publisher import Delivery, Message, Publisher
+from tests.unit.test_runner import FakeTransport
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def submit(self, messages: Sequence[Message]) -> Delivery:
+        self.messages.extend(messages)
+
+        async def acked() -> list[BaseException | None]:
+            return [None] * len(messages)
+
+        return acked()
+
+
+def _config(exchange: str, symbols: list[tuple[str, str]], channel: str) -> ExchangeConfig:
+    return ExchangeConfig(
+        ws_url="ws://127.0.0.1:1", channel=channel, partitions=1,
+        symbols=tuple(Instrument(symbol=s, canonical=c) for s, c in symbols),
+    )  # fmt: skip
+
+
+def _run(
+    exchange: str, config: ExchangeConfig, frames: list[bytes], last_ids: dict[str, int] | None = None
+) -> list[Message]:
+    async def main() -> list[Message]:
+        sink = RecordingSink()
+        publisher = Publisher(sink, exchange)
+        handler = FeedHandler(exchange, config, publisher, FakeTransport(), options=HandlerOptions(), last_ids=last_ids)
+        await publisher.start()
+        for i, frame in enumerate(frames):
+            await handler.on_frame(frame, 1_000_000 + i, 1)
+        assert await publisher.flush(5.0)
+        await publisher.stop()
+        return sink.messages
+
+    return asyncio.run(main())
+
+
+def _trades(messages: list[Message], topic: str) -> list[dict[str, object]]:
+    return [orjson.loads(m.value) for m in messages if m.topic == topic]
+
+
+def test_coinbase_snapshot_then_updates_publish_each_trade_once_in_order() -> None:
+    frames = (FIXTURES / "coinbase" / "advanced_trade.jsonl").read_bytes().splitlines()
+    config = _config("coinbase", [("BTC-USD", "BTC-USD"), ("ETH-USD", "ETH-USD")], "market_trades")
+    messages = _run("coinbase", config, frames + frames)  # the same frames again: a reconnect snapshot
+    trades = _trades(messages, "market.crypto.trades.coinbase")
+    ids = [(t["symbol"], int(str(t["trade_id"]))) for t in trades]
+    assert len(ids) == len(set(ids))
+    for symbol in ("BTC-USD", "ETH-USD"):
+        mine = [i for s, i in ids if s == symbol]
+        assert mine == sorted(mine)
+    raw = [m for m in messages if m.topic == "market.crypto.trades.coinbase.raw"]
+    assert [m.value for m in raw] == frames + frames
+    assert raw[0].headers == (("ts_received_ns", b"1000000"),)
+    first = trades[0]
+    assert first["side"] == ("buy" if first["maker_side"] == "SELL" else "sell")
+    assert all(m.key == str(t["symbol"]).encode() for m, t in zip(
+        [m for m in messages if m.topic == "market.crypto.trades.coinbase"], trades, strict=True))  # fmt: skip
+
+
+def test_bad_frames_go_to_the_dead_letter_topic_with_raw_bytes_and_reason() -> None:
+    good = (FIXTURES / "binance" / "trade.jsonl").read_bytes().splitlines()
+    bad = [b'{"stream":"bnbbtc@trade","data":{"e":"trade"', b"\xff\xfe", b'{"stream":"x@trade","data":{"e":"trade"}}']
+    config = _config("binance", [("BNBBTC", "BNB-BTC")], "trade")
+    messages = _run("binance", config, [good[0], *bad, good[1]])
+    dlq = [m for m in messages if m.topic == "market.crypto.trades.binance.dlq"]
+    assert [m.value for m in dlq] == bad
+    assert all(dict(m.headers)["reason"] for m in dlq)
+    assert [t["trade_id"] for t in _trades(messages, "market.crypto.trades.binance")] == ["40756030", "60276726"]
+
+
+def test_restart_with_recovered_ids_publishes_no_duplicate() -> None:
+    frames = (FIXTURES / "binance" / "trade.jsonl").read_bytes().splitlines()
+    config = _config("binance", [("BNBBTC", "BNB-BTC")], "trade")
+    messages = _run("binance", config, frames, last_ids={"BNBBTC": 40756030})
+    assert [t["trade_id"] for t in _trades(messages, "market.crypto.trades.binance")] == ["60276726"]
