@@ -16,7 +16,7 @@ up: $(STAMP)
 	$(VENV)/bin/k2 up
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check k2 feed_handlers offload flows tests bench
+	$(VENV)/bin/ruff check k2 feed_handlers tests bench
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
