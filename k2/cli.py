@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from feed_handlers.app import run_handler
 from feed_handlers.instruments import EXCHANGES, load_instruments
 from feed_handlers.normalize import normalize
+from feed_handlers.replay import run_replay
 from k2 import chclient
 from k2.embedded.components import Feeds, exchanges_reachable
 from k2.embedded.stack import Stack, status
@@ -46,7 +48,12 @@ def _feeds(settings: Settings, args: argparse.Namespace) -> Feeds:
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    stack = Stack(settings, _feeds(settings, args))
+    feeds = _feeds(settings, args)
+    if feeds.replay_dir is not None and (feeds.replay_dir / "instruments.yaml").exists():
+        # captures carry their own symbols; the handlers (children) read K2_INSTRUMENTS too
+        os.environ["K2_INSTRUMENTS"] = str((feeds.replay_dir / "instruments.yaml").resolve())
+        settings = settings.model_copy(update={"instruments": feeds.replay_dir / "instruments.yaml"})
+    stack = Stack(settings, feeds)
     if args.detach:
         _print_endpoints(stack.up_detached())
         return 0
@@ -111,6 +118,22 @@ def _cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(text: str) -> float | None:
+    return None if text == "max" else float(text)
+
+
+def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    ports = dict(p.split("=", 1) for p in args.ports.split(",")) if args.ports else {}
+    configure_logs(json=False)
+    asyncio.run(
+        run_replay(
+            Path(args.dir), speed=_speed(args.speed), loop=args.loop, host=args.host,
+            ports={k: int(v) for k, v in ports.items()},
+        )
+    )  # fmt: skip
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="k2", description="K2 market-data platform")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     norm = sub.add_parser("normalize", help="raw frames on stdin -> trade records (JSON lines) on stdout")
     norm.add_argument("exchange", choices=EXCHANGES)
     norm.set_defaults(func=_cmd_normalize)
+    replay = sub.add_parser("replay", help="serve <exchange>.jsonl captures as local fake exchanges")
+    replay.add_argument("--dir", required=True, help="folder with binance.jsonl, kraken.jsonl, coinbase.jsonl")
+    replay.add_argument("--speed", default="1", help="multiplier of the recorded pace, or 'max'")
+    replay.add_argument("--loop", action="store_true", help="repeat forever, renumbering trade ids")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--ports", help="binance=9201,kraken=9202,coinbase=9203 (default: any free port)")
+    replay.set_defaults(func=_cmd_replay)
     db = sub.add_parser("db", help="schema management").add_subparsers(dest="db_command", required=True)
     mig = db.add_parser("migrate", help="apply clickhouse/ migrations not applied yet")
     mig.add_argument("--sql-dir", type=Path, help=argparse.SUPPRESS)
