@@ -41,6 +41,7 @@ class HandlerOptions:
     ws_url: str | None = None  # overrides instruments.yaml (replay, tests)
     backfill: bool = False  # fetch confirmed gaps over REST
     rest_url: str | None = None  # overrides instruments.yaml's rest_url
+    venue: Venue | None = None  # overrides the venue's data (tests shorten its timeouts)
     gap_grace_s: float = 5.0
     reload_interval_s: float = 2.0
     max_buffered: int = 100_000
@@ -66,8 +67,8 @@ class FeedHandler:
         last_ids: Mapping[str, int] | None = None,
     ) -> None:
         self.exchange = exchange
-        self.venue: Venue = VENUES[exchange]
         self.options = options or HandlerOptions()
+        self.venue: Venue = self.options.venue or VENUES[exchange]
         self.config = config
         self.canonical = canonical_map(config)
         self.state = TradeState(self.options.gap_grace_s, last_ids)

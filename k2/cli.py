@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,12 +127,21 @@ def _speed(text: str) -> float | None:
 def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     ports = dict(p.split("=", 1) for p in args.ports.split(",")) if args.ports else {}
     configure_logs(json=False)
-    asyncio.run(
-        run_replay(
-            Path(args.dir), speed=_speed(args.speed), loop=args.loop, host=args.host,
-            ports={k: int(v) for k, v in ports.items()},
-        )
-    )  # fmt: skip
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        replay = asyncio.create_task(
+            run_replay(Path(args.dir), speed=_speed(args.speed), loop=args.loop, host=args.host,
+                       ports={k: int(v) for k, v in ports.items()})
+        )  # fmt: skip
+        await asyncio.wait({replay, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        replay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay
+
+    asyncio.run(serve())
     return 0
 
 

@@ -68,6 +68,7 @@ class FakeExchange:
         self.served: list[tuple[str, int]] = []
         self.history: dict[str, deque[Served]] = defaultdict(lambda: deque(maxlen=100_000))
         self.connections = 0
+        self.controls: list[dict[str, Any]] = []  # every control message clients sent, in order
         self.finished = asyncio.Event()  # the capture was served once (without loop)
         self._clients: set[_Client] = set()
         self._server: Server | None = None
@@ -252,7 +253,9 @@ class FakeExchange:
                 else:
                     message = await ws.recv()
                 first = False
-                await self._control(client, orjson.loads(message))
+                control = orjson.loads(message)
+                self.controls.append(control)
+                await self._control(client, control)
                 self._has_client.set()
         except (ConnectionClosed, orjson.JSONDecodeError):
             return
