@@ -23,4 +23,6 @@ test: $(STAMP) lint
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
-	$(VENV)/bin/python bench/ingest.py
+	PYTHONPATH=. $(VENV)/bin/python bench/ingest.py --trades 1000000 --rate 5000 --seconds 30
+	PYTHONPATH=. $(VENV)/bin/python bench/handlers.py --trades 100000 --rate 5000 --seconds 10
+	PYTHONPATH=. $(VENV)/bin/python bench/handler_rss.py --seconds 15

@@ -14,6 +14,7 @@ from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import load_instruments
 from feed_handlers.publisher import Publisher
 from feed_handlers.replay import FakeExchange, load_capture
+from feed_handlers.replay.rest import FakeRest
 from feed_handlers.runner import RunnerSettings
 from feed_handlers.transport import WebSocketTransport
 from tests.support import REPO
@@ -111,3 +112,36 @@ def test_binance_reconnects_on_drop_and_server_shutdown_and_reports_gaps() -> No
     assert fake.connections >= 4
     assert all(c["method"] == "SUBSCRIBE" and all(p.lower().endswith("@aggtrade") for p in c["params"])
                for c in fake.controls if c.get("method") == "SUBSCRIBE")  # fmt: skip
+
+
+def test_binance_gap_from_a_disconnection_is_backfilled_over_rest() -> None:
+    async def scenario() -> tuple[FakeExchange, RecordingSink, list[str]]:
+        config = load_instruments(CAPTURES / "instruments.yaml").exchanges["binance"]  # type: ignore[index]
+        sink = RecordingSink()
+        slow = RunnerSettings(reconnect_backoff_initial_s=0.6, reconnect_backoff_max_s=0.8)
+        async with FakeExchange("binance", load_capture(CAPTURES / "binance.jsonl"), speed=2.0) as fake, \
+                FakeRest(fake) as rest:  # fmt: skip
+            handler = FeedHandler("binance", config, Publisher(sink, "binance"), WebSocketTransport(),
+                                  options=HandlerOptions(ws_url=fake.url, gap_grace_s=0.3, runner=slow,
+                                                         backfill=True, rest_url=rest.url))  # fmt: skip
+            task = asyncio.create_task(handler.run(handle_signals=False))
+            await _until(lambda: len(_published(sink, "binance")) > 20, what="trades")
+            await fake.drop_connections()  # trades replayed while we are away are only in REST now
+            await fake.finished.wait()
+            await _until(lambda: bool(rest.requests), what="a backfill request")
+            await asyncio.sleep(1.0)  # confirmed gaps are fetched once a second
+            handler.stop()
+            await asyncio.wait_for(task, 15)
+            return fake, sink, rest.requests
+
+    fake, sink, requests = asyncio.run(scenario())
+    published = _published(sink, "binance")
+    assert len(published) == len(set(published))
+    assert all(r.startswith("/api/v3/aggTrades?symbol=") for r in requests)
+    for symbol, history in fake.history.items():
+        first = min(i for s, i in published if s == symbol) if any(s == symbol for s, _ in published) else None
+        if first is None:
+            continue
+        got = sorted(i for s, i in published if s == symbol)
+        want = sorted(s.trade_id for s in history if first <= s.trade_id <= got[-1])
+        assert got == want, f"{symbol}: ids missing after backfill {sorted(set(want) - set(got))[:5]}"
