@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import clickhouse_connect
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 T = TypeVar("T")
 
@@ -208,3 +208,26 @@ def trade(
 
 def topic(exchange: str) -> str:
     return f"market.crypto.trades.{exchange}"
+
+
+def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record on ``topic`` (JSON values), from the beginning to the current end."""
+
+    async def read() -> list[dict[str, Any]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            out: list[dict[str, Any]] = []
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    out.extend(orjson.loads(r.value) for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())

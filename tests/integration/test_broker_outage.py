@@ -9,8 +9,6 @@ import signal
 import subprocess
 import time
 
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from feed_handlers.handler import FeedHandler, HandlerOptions
@@ -21,28 +19,10 @@ from feed_handlers.transport import WebSocketTransport
 from k2.embedded.components import tansu_binary, tcp_open
 from k2.topics import ensure_topics
 from tests.integration.test_feed_faults import CAPTURES, FAST, _until
-from tests.support import free_port, wait_for
+from tests.support import free_port, read_topic, wait_for
 
 PAUSE_S = 4.0
 GAUGE = "k2_feed_publish_backpressure"
-
-
-async def _topic(bootstrap: str, topic: str) -> list[tuple[str, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                out += [(r["symbol"], int(r["trade_id"])) for r in (orjson.loads(x.value) for x in records)]
-        return out
-    finally:
-        await consumer.stop()
 
 
 def test_broker_paused_then_resumed_loses_and_duplicates_nothing() -> None:
@@ -77,7 +57,7 @@ def test_broker_paused_then_resumed_loses_and_duplicates_nothing() -> None:
             return list(fake.served), connections, publisher.buffered
 
         served, connections, left = asyncio.run(run())
-        published = asyncio.run(_topic(bootstrap, "market.crypto.trades.kraken"))
+        published = [(r["symbol"], int(r["trade_id"])) for r in read_topic(bootstrap, "market.crypto.trades.kraken")]
         assert connections == 1, "the exchange socket was kept through the outage"
         assert left == 0
         assert len(published) == len(set(published)), "duplicates on the topic"

@@ -3,7 +3,6 @@ records on the broker, SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import subprocess
@@ -12,9 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.support import K2, REPO, Stack, free_port, http_ok, wait_for
+from tests.support import K2, REPO, Stack, free_port, http_ok, read_topic, wait_for
 
 CAPTURES = REPO / "captures"
 
@@ -23,29 +21,6 @@ def _metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
-def _records(bootstrap: str, topic: str) -> list[dict[str, object]]:
-    async def read() -> list[dict[str, object]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            if not tps:
-                await consumer.topics()
-                tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            out: list[dict[str, object]] = []
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    out.extend(orjson.loads(r.value) for r in records)
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
 
 
 def test_handler_process_reload_publish_and_sigterm(stack: Stack, tmp_path: Path) -> None:
@@ -91,7 +66,9 @@ def test_handler_process_reload_publish_and_sigterm(stack: Stack, tmp_path: Path
         replay.wait(timeout=10)
         log.close()
 
-    records = [r for r in _records(stack.kafka, "market.crypto.trades.kraken") if r["symbol"] in ("BTC/USD", "ETH/USD")]
+    records = [
+        r for r in read_topic(stack.kafka, "market.crypto.trades.kraken") if r["symbol"] in ("BTC/USD", "ETH/USD")
+    ]
     keys = [(r["symbol"], r["trade_id"]) for r in records]
     assert len(keys) == len(set(keys))
     assert len(records) >= published > 10
