@@ -97,6 +97,8 @@ class ChdbEngine:
             if self._closed:
                 raise ClickHouseError("Server is shutting down", 210, retriable=True)
             if database and database != self._database:
+                if not re.fullmatch(r"\w+", database):
+                    raise ClickHouseError(f"Database name is not valid: {database[:40]!r}", 81)
                 self._query(f"USE `{database}`", "TabSeparated", None, None)
                 self._database = database
             kafka = rewrite_create_kafka(sql, self._database) if is_ddl else None
