@@ -12,23 +12,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TypeGuard, cast
 
 import orjson
 
-__all__ = ["MAX_DECIMAL_CHARS", "TradeRecord", "decimal_text", "rfc3339_to_ns"]
+__all__ = ["MAX_DECIMAL_CHARS", "TradeRecord", "decimal_text", "is_plain_decimal", "new_trade", "rfc3339_to_ns"]
 
 #: Longest plain decimal text accepted. Bounds the work a hostile "1e999999999" could cause; silver
 #: (Decimal(38, 18)) flags anything past 20 integer or 18 fractional digits anyway.
 MAX_DECIMAL_CHARS = 100
 
-# Plain decimal text, already in the form we publish: kept exactly as the venue wrote it.
-_PLAIN = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+# Plain decimal text of 1 to MAX_DECIMAL_CHARS characters, already in the form we publish: kept exactly
+# as the venue wrote it.
+_PLAIN = re.compile(rf"(?=.{{1,{MAX_DECIMAL_CHARS}}}\Z)-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 # JSON number grammar (leading zeros tolerated): the only other text we accept as a decimal.
 _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
+# The UTC shape every venue sends, "2026-08-09T21:05:51" + optional fraction + "Z": see rfc3339_to_ns.
+_UTC_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z")
+_UTC_FRACTION = re.compile(r"(?:\.([0-9]{1,9}))?Z")
+_UTC_SECOND_CHARS = len("2026-08-09T21:05:51")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _NS_PER_S = 1_000_000_000
@@ -43,7 +49,7 @@ def decimal_text(value: Decimal | int | str) -> str:
     Sign and scale are not judged here: silver validates them and keeps bad rows visible.
     """
     if isinstance(value, str):
-        if len(value) <= MAX_DECIMAL_CHARS and _PLAIN.fullmatch(value):
+        if is_plain_decimal(value):
             return value
         if len(value) > 2 * MAX_DECIMAL_CHARS or not _NUMBER.fullmatch(value):
             raise ValueError(f"not a decimal number: {value[:40]!r}")
@@ -67,6 +73,32 @@ def decimal_text(value: Decimal | int | str) -> str:
     return format(number, "f")
 
 
+# Plain texts seen lately: prices and sizes repeat (tick and lot sizes), and a set lookup costs a fraction
+# of the regex. Cleared when full, so memory stays bounded (a few hundred KB) whatever a venue sends.
+_plain_seen: set[str] = set()
+_PLAIN_SEEN_MAX = 4096
+
+
+def is_plain_decimal(value: object) -> TypeGuard[str]:
+    """True if ``value`` is a str that ``decimal_text`` returns as it is: a parser's fast path may take it as is."""
+    if type(value) is not str:
+        return False
+    if value in _plain_seen:
+        return True
+    if _PLAIN.fullmatch(value) is None:
+        return False
+    if len(_plain_seen) >= _PLAIN_SEEN_MAX:
+        _plain_seen.clear()
+    _plain_seen.add(value)
+    return True
+
+
+# Seconds since the epoch of the "YYYY-MM-DDTHH:MM:SS" (UTC) texts seen lately. Trades come many to a
+# second, so the datetime arithmetic runs about once a second instead of once a trade. Bounded like _plain_seen.
+_seconds: dict[str, int] = {}
+_SECONDS_MAX = 1024
+
+
 def rfc3339_to_ns(text: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 timestamp, keeping every fractional digit.
 
@@ -75,6 +107,22 @@ def rfc3339_to_ns(text: str) -> int:
     truncation (``datetime`` would drop the last three digits of a 9-digit fraction).
     Raises ValueError for anything else, including impossible dates and leap seconds.
     """
+    # Fast path: a second already seen (so a valid date and time), then only the fraction and "Z" to read.
+    seconds = _seconds.get(text[:_UTC_SECOND_CHARS])
+    if seconds is not None:
+        tail = _UTC_FRACTION.fullmatch(text, _UTC_SECOND_CHARS)
+        if tail is not None:
+            fraction = tail[1]
+            return seconds * _NS_PER_S + (int(fraction.ljust(9, "0")) if fraction else 0)
+    ns = _rfc3339_to_ns(text)
+    if _UTC_SECOND.fullmatch(text):  # remember its second: "Z" and a fraction below one second
+        if len(_seconds) >= _SECONDS_MAX:
+            _seconds.clear()
+        _seconds[text[:_UTC_SECOND_CHARS]] = ns // _NS_PER_S
+    return ns
+
+
+def _rfc3339_to_ns(text: str) -> int:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}")
@@ -110,9 +158,7 @@ class TradeRecord:
     extras: Mapping[str, object] = field(hash=False)
 
     def __post_init__(self) -> None:
-        clash = _COMMON_FIELDS.intersection(self.extras)
-        if clash:
-            raise ValueError(f"extras would overwrite common fields: {sorted(clash)}")
+        _check_extras(self.extras)
 
     def to_json(self) -> bytes:
         """One flat JSON object: the common fields in declaration order, then the extras."""
@@ -133,3 +179,59 @@ class TradeRecord:
 
 
 _COMMON_FIELDS = frozenset(f.name for f in fields(TradeRecord)) - {"extras"}
+
+
+def _check_extras(extras: Mapping[str, object]) -> None:
+    if not _COMMON_FIELDS.isdisjoint(extras):
+        raise ValueError(f"extras would overwrite common fields: {sorted(_COMMON_FIELDS.intersection(extras))}")
+
+
+class _TradeSlots:
+    """TradeRecord's slot layout without the frozen guard: ``new_trade`` fills one with plain attribute stores."""
+
+    __slots__ = TradeRecord.__slots__
+    exchange: str
+    symbol: str
+    canonical_symbol: str
+    trade_id: str
+    price: str
+    quantity: str
+    side: str
+    ts_event_ns: int
+    ts_received_ns: int
+    extras: Mapping[str, object]
+
+
+def new_trade(
+    exchange: str,
+    symbol: str,
+    canonical_symbol: str,
+    trade_id: str,
+    price: str,
+    quantity: str,
+    side: str,
+    ts_event_ns: int,
+    ts_received_ns: int,
+    extras: Mapping[str, object],
+) -> TradeRecord:
+    """``TradeRecord(...)`` with the same arguments and checks, several times cheaper: for the parsers' hot paths.
+
+    A frozen dataclass's ``__init__`` stores every field through ``object.__setattr__``, the costliest part of
+    parsing a trade. Here the fields go into a ``_TradeSlots`` with plain stores, and the object then becomes a
+    TradeRecord: ``__class__`` assignment is allowed between classes with identical slots.
+    """
+    if not _COMMON_FIELDS.isdisjoint(extras):
+        _check_extras(extras)  # raises
+    record = _TradeSlots()
+    record.exchange = exchange
+    record.symbol = symbol
+    record.canonical_symbol = canonical_symbol
+    record.trade_id = trade_id
+    record.price = price
+    record.quantity = quantity
+    record.side = side
+    record.ts_event_ns = ts_event_ns
+    record.ts_received_ns = ts_received_ns
+    record.extras = extras
+    record.__class__ = TradeRecord  # type: ignore[assignment]
+    return cast(TradeRecord, record)

@@ -13,7 +13,9 @@ from feed_handlers.records import TradeRecord, decimal_text, rfc3339_to_ns
 
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
-_NS_PER_MS = 1_000_000
+NS_PER_MS = 1_000_000
+#: Largest epoch milliseconds whose nanoseconds fit Int64.
+MAX_MS = INT64_MAX // NS_PER_MS
 
 JsonObject = dict[str, object]
 
@@ -28,7 +30,7 @@ def load(frame: bytes | str) -> JsonObject:
         value = orjson.loads(frame)
     except (orjson.JSONDecodeError, TypeError) as exc:
         raise ParseError(f"invalid JSON: {exc}") from exc
-    return as_object(value, "frame")
+    return value if type(value) is dict else as_object(value, "frame")
 
 
 def _reject_constant(name: str) -> object:
@@ -112,7 +114,7 @@ def get_decimal(obj: JsonObject, key: str) -> str:
 
 def get_ms_as_ns(obj: JsonObject, key: str) -> int:
     """Epoch milliseconds to nanoseconds, exact, within Int64."""
-    return get_int(obj, key, maximum=INT64_MAX // _NS_PER_MS) * _NS_PER_MS
+    return get_int(obj, key, maximum=MAX_MS) * NS_PER_MS
 
 
 def get_rfc3339_ns(obj: JsonObject, key: str) -> int:

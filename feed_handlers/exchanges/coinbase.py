@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 import orjson
 
 from feed_handlers.errors import ParseError
-from feed_handlers.exchanges._base import ParseResult, Venue
+from feed_handlers.exchanges._base import ParseResult, Venue, trades_result
 from feed_handlers.exchanges._wire import (
+    INT64_MAX,
     UINT64_MAX,
     JsonObject,
     as_int,
@@ -28,7 +29,7 @@ from feed_handlers.exchanges._wire import (
     get_str,
     load,
 )
-from feed_handlers.records import TradeRecord
+from feed_handlers.records import TradeRecord, is_plain_decimal, new_trade, rfc3339_to_ns
 from k2.errors import ConfigError
 
 __all__ = ["HEARTBEAT_CHANNEL", "NAME", "TRADE_CHANNELS", "VENUE", "WS_URL", "parse", "subscribe", "unsubscribe"]
@@ -40,6 +41,8 @@ HEARTBEAT_CHANNEL = "heartbeats"
 # Coinbase reports the MAKER side; the taker is the other one (corpus: every trade at or above the best
 # ask is "SELL"; tardis-node and bbgo PR #2509 invert it too).
 _TAKER_SIDE = {"BUY": "sell", "SELL": "buy"}
+_MAKER_SIDES = tuple(_TAKER_SIDE)
+_TRADE_TYPES = ("snapshot", "update")
 
 
 def subscribe(symbols: Sequence[str], *, channel: str = "market_trades", req_id: int = 0) -> list[str]:
@@ -78,6 +81,12 @@ def _message(kind: str, symbols: Sequence[str], channel: str) -> str:
 def parse(frame: bytes | str, *, ts_received_ns: int, canonical: Mapping[str, str]) -> ParseResult:
     """One Coinbase frame. A product missing from ``canonical`` keeps its id ("BTC-USD") as canonical symbol."""
     msg = load(frame)
+    result = _trades_fast(msg, ts_received_ns, canonical)
+    return _parse(msg, ts_received_ns, canonical) if result is None else result
+
+
+def _parse(msg: JsonObject, ts_received_ns: int, canonical: Mapping[str, str]) -> ParseResult:
+    """Any frame, every field checked by the helpers that say what was wrong."""
     if msg.get("type") == "error":  # {"type":"error","message":...}: a rejected request
         return ParseResult(kind="error", error=_error_text(msg))
     channel = get_str(msg, "channel")
@@ -102,6 +111,74 @@ def parse(frame: bytes | str, *, ts_received_ns: int, canonical: Mapping[str, st
     return ParseResult(kind="ignored", channel=channel, sequence_num=sequence_num)
 
 
+def _trades_fast(msg: JsonObject, ts_received_ns: int, canonical: Mapping[str, str]) -> ParseResult | None:
+    """The frame that comes many times a second: market_trades events of well-formed trades.
+
+    Accepts exactly what the careful path accepts for it and builds the same result, with bare type tests
+    instead of the helpers that word errors; None as soon as anything differs, and the careful path decides.
+    """
+    sequence_num = msg.get("sequence_num")
+    events = msg.get("events")
+    if not (
+        msg.get("channel") == "market_trades"
+        and msg.get("type") != "error"
+        and type(sequence_num) is int
+        and 0 <= sequence_num <= UINT64_MAX
+        and type(events) is list
+    ):
+        return None
+    pairs = []
+    for event in events:
+        kind = event.get("type") if type(event) is dict else None
+        trades = event.get("trades") if kind in _TRADE_TYPES else None
+        if type(trades) is not list:
+            return None
+        for trade in trades:
+            pair = _trade_fast(trade, sequence_num, kind == "snapshot", ts_received_ns, canonical)
+            if pair is None:
+                return None
+            pairs.append(pair)
+    records = (pairs[0][1],) if len(pairs) == 1 else ascending(pairs)
+    return trades_result(records, "market_trades", sequence_num)
+
+
+def _trade_fast(
+    trade: object, sequence_num: int, is_snapshot: bool, ts_received_ns: int, canonical: Mapping[str, str]
+) -> tuple[int, TradeRecord] | None:
+    """One trade as ``_trade`` reads it, or None."""
+    if type(trade) is not dict:
+        return None
+    product_id = trade.get("product_id")
+    trade_id = trade.get("trade_id")
+    maker_side = trade.get("side")
+    price = trade.get("price")
+    size = trade.get("size")
+    time = trade.get("time")
+    if not (
+        type(product_id) is str
+        and product_id
+        and type(trade_id) is str
+        and trade_id.isascii()
+        and trade_id.isdigit()
+        and len(trade_id) <= 20
+        and maker_side in _MAKER_SIDES
+        and is_plain_decimal(price)
+        and is_plain_decimal(size)
+        and type(time) is str
+    ):
+        return None
+    try:
+        ts_event_ns = rfc3339_to_ns(time)
+    except ValueError:
+        return None
+    if not 0 <= ts_event_ns <= INT64_MAX:
+        return None
+    extras = {"sequence_num": sequence_num, "maker_side": maker_side, "is_snapshot": is_snapshot}
+    record = new_trade(NAME, product_id, canonical.get(product_id, product_id), trade_id, price, size,
+                       _TAKER_SIDE[maker_side], ts_event_ns, ts_received_ns, extras)  # fmt: skip
+    return int(trade_id), record
+
+
 def _trades(
     events: list[object], sequence_num: int, ts_received_ns: int, canonical: Mapping[str, str]
 ) -> tuple[TradeRecord, ...]:
@@ -109,7 +186,7 @@ def _trades(
     for item in events:
         event = as_object(item, "market_trades event")
         kind = get_str(event, "type")
-        if kind not in ("snapshot", "update"):
+        if kind not in _TRADE_TYPES:
             raise ParseError(f"coinbase market_trades event of unknown type {kind[:20]!r}")
         # On subscribe: one "snapshot" per product with its 100 most recent trades (corpus).
         is_snapshot = kind == "snapshot"
