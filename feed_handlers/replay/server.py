@@ -1,11 +1,23 @@
-"""Local fake exchanges speaking each venue's WebSocket protocol, fed by a capture.
+"""``FakeExchange``: one venue's WebSocket server fed by a capture, with faults a test can inject.
 
-``FakeExchange(venue, lines)`` serves one venue: the handshake and control messages are the venue's
-real shapes (Binance SUBSCRIBE acks and serverShutdown; Kraken status, per-symbol acks, snapshots,
-heartbeats, pong; Coinbase 5 s subscribe deadline, snapshots newest first, cumulative subscriptions
-ack, heartbeats, per-connection ``sequence_num``). Capture frames are re-timed to now and, when
-looping, renumbered (see :mod:`.capture`). Faults can be injected for tests, and ``served`` records
-every trade written to at least one connection, in order.
+The server names no venue: what is said on a connection comes from the venue module (``binance``,
+``kraken``, ``coinbase`` in this package); the server owns the sockets, the clock and the feed.
+
+The feed: capture frames go out in capture order, paced by their recorded times divided by ``speed``
+(``None``: as fast as possible). Times in them move by one shift, so the first frame reads "now" when it goes
+out and the recorded spacing is kept exactly (at any speed: at speed 10 the timestamps run ahead of the wall
+clock). The feed starts on the first subscription; whenever it is held (waiting for that subscription,
+``pause_feed``, ``pause``) the shift grows by the time held, so later trades read the time they go out. A
+recorded snapshot in the capture (Coinbase's first frames) seeds the history with the trades before the
+first frame, timed in the past. With ``loop`` the capture repeats forever: each lap moves trade ids up by
+their span in the capture (contiguous, never repeating) and times by the capture's duration plus one mean
+frame gap.
+
+Bookkeeping for tests: ``served`` lists (symbol, trade_id) of every trade written to at least one
+connection, once, in the order first written (within a frame, ascending id); ``history`` holds per symbol
+every trade the feed released (written or not, plus the seeded ones), which is what snapshots and the REST
+server (``rest.FakeRest``) serve; ``connections`` counts accepted connections; ``controls`` the JSON
+messages clients sent.
 """
 
 from __future__ import annotations
@@ -14,42 +26,60 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
-from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from feed_handlers.replay.capture import Item, Served, _kraken_frame, load_items, ns_to_rfc3339
+from feed_handlers.replay._core import Ctx, Out, ReplayTrade, ReplayVenue, RestAnswer, Session
+from feed_handlers.replay._timeline import Timeline
+from feed_handlers.replay.binance import BinanceReplay
+from feed_handlers.replay.coinbase import CoinbaseReplay
+from feed_handlers.replay.kraken import KrakenReplay
+from k2.errors import ConfigError
 
-__all__ = ["PATHS", "FakeExchange"]
+__all__ = ["PATHS", "VENUES", "FakeExchange"]
 
 log = logging.getLogger(__name__)
 
-PATHS = {"binance": "/stream", "kraken": "/v2", "coinbase": ""}
-_SNAPSHOT = {"kraken": 50, "coinbase": 100}
+VENUES: Mapping[str, type[ReplayVenue[Any, Any]]] = {
+    "binance": BinanceReplay,
+    "kraken": KrakenReplay,
+    "coinbase": CoinbaseReplay,
+}
+#: URL path our client uses per venue: ws://host:port + path
+PATHS: Mapping[str, str] = {name: venue.path for name, venue in VENUES.items()}
+
+_HISTORY_PER_SYMBOL = 100_000
 
 
 @dataclass(eq=False)
-class _Client:
+class _Conn:
     ws: ServerConnection
-    subscriptions: set[str] = field(default_factory=set)
-    heartbeats: bool = False
-    sequence: itertools.count[int] = field(default_factory=itertools.count)
-    last_sent: float = field(default_factory=time.monotonic)
+    session: Session
+    lock: asyncio.Lock  # one writer at a time: frames (and Coinbase sequence numbers) stay in order
+    pending: list[Out] = field(default_factory=list)  # answers held while the server is silent
 
 
 class FakeExchange:
-    """``async with FakeExchange("kraken", lines, speed=None) as ex: ex.url``. Owns its tasks."""
+    """``async with FakeExchange("kraken", load_capture(path), speed=None) as ex:`` then connect to ``ex.url``.
+
+    ``frames``: capture lines (``load_capture``). ``speed``: multiplier of the recorded pacing, None for as
+    fast as possible. ``subscribe_deadline_s`` applies to venues that have one (Coinbase: 5 s).
+    ``bookkeeping=False`` keeps ``served`` and ``controls`` empty, for long runs.
+    """
 
     def __init__(
         self,
-        venue: str,
-        lines: Sequence[bytes],
+        exchange: str,
+        frames: Sequence[bytes],
         *,
         speed: float | None = None,
         loop: bool = False,
@@ -57,51 +87,100 @@ class FakeExchange:
         port: int = 0,
         subscribe_deadline_s: float = 5.0,
         heartbeat_interval_s: float = 1.0,
+        send_timeout_s: float = 10.0,
+        bookkeeping: bool = True,
     ) -> None:
-        self.venue = venue
-        self.items: list[Item] = load_items(venue, list(lines))
+        if exchange not in VENUES:
+            raise ConfigError(f"no fake exchange {exchange!r}: one of {', '.join(VENUES)}")
+        if speed is not None and not (speed > 0 and math.isfinite(speed)):
+            raise ConfigError(f"replay speed must be a positive number or None, not {speed!r}")
+        self.exchange = exchange
+        self.venue: ReplayVenue[Any, Any] = VENUES[exchange]()
+        self.capture = self.venue.load(frames)
+        self._timeline = Timeline.of(self.capture.frames, self.venue.time_unit_ns)
         self.speed = speed
         self.loop = loop
-        self._host, self._port = host, port
+        self.host, self._port = host, port
         self.subscribe_deadline_s = subscribe_deadline_s
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.send_timeout_s = send_timeout_s
+        self.bookkeeping = bookkeeping
         self.served: list[tuple[str, int]] = []
-        self.history: dict[str, deque[Served]] = defaultdict(lambda: deque(maxlen=100_000))
+        self.history: dict[str, deque[ReplayTrade]] = {}
         self.connections = 0
-        self.controls: list[dict[str, Any]] = []  # every control message clients sent, in order
-        self.finished = asyncio.Event()  # the capture was served once (without loop)
-        self._clients: set[_Client] = set()
+        self.controls: list[Any] = []
+        self.finished = asyncio.Event()  # without loop: the whole capture went out
+        self._served_set: set[tuple[str, int]] = set()
+        self._conns: set[_Conn] = set()
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._feeding = asyncio.Event()
         self._feeding.set()
+        self._subscribed = asyncio.Event()
         self._silent_until = 0.0
-        self._has_client = asyncio.Event()
+        self._silence_changed = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._started_ns = 0
+        self._shift_ns = 0
+        self._idle = False
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeExchange is not started")
+        return int(next(iter(self._server.sockets)).getsockname()[1])
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        port = next(iter(self._server.sockets)).getsockname()[1]
-        return f"ws://{self._host}:{port}{PATHS[self.venue]}"
+        """Where our client connects: ``ws://host:port/stream``, ``ws://host:port/v2``, ``ws://host:port``."""
+        return f"ws://{self.host}:{self.port}{self.venue.path}"
+
+    @property
+    def active(self) -> int:
+        """Connections open right now."""
+        return len(self._conns)
+
+    @property
+    def idle(self) -> bool:
+        """The feed is parked: waiting for a first subscription, ``resume_feed`` or a silence to end, or done."""
+        return self._idle or self.finished.is_set()
 
     async def start(self) -> None:
-        self._server = await serve(self._serve, self._host, self._port, compression=None, ping_interval=None)
-        self._tasks = [asyncio.create_task(self._feed(), name=f"{self.venue}-feed"),
-                       asyncio.create_task(self._heartbeat(), name=f"{self.venue}-heartbeat")]  # fmt: skip
+        """Listen, seed the history, start the feed (which waits for a first subscription) and heartbeats."""
+        if self._server is not None:
+            return
+        self._started_ns = time.monotonic_ns()
+        self._server = await serve(self._handle, self.host, self._port, compression=None, max_size=2**20)
+        self._seed()
+        self._tasks = [asyncio.create_task(self._feed(), name=f"replay-{self.exchange}-feed"),
+                       asyncio.create_task(self._tick(), name=f"replay-{self.exchange}-heartbeat")]  # fmt: skip
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Stop the feed and heartbeats, close every connection (1001) and the listener. Idempotent."""
+        tasks, self._tasks = self._tasks, []
+        self.pause(0)  # nothing may wait for the end of a silence any more
+        self._feeding.set()
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        results = await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    async def join(self) -> None:
+        """Wait while the server runs; raise what made its feed or heartbeat task fail."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     async def __aenter__(self) -> FakeExchange:
         await self.start()
@@ -110,206 +189,241 @@ class FakeExchange:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # -- faults ----------------------------------------------------------------------------------
+    # -- waiting (tests: wait on conditions, not sleeps) -----------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+        """Return once ``predicate()`` is true; it is checked after every change the server makes."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await self._changed.wait()
+
+    async def wait_for_client(self) -> None:
+        """Until some connection has subscribed (the feed is then running)."""
+        await self._subscribed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- faults ----------------------------------------------------------------------------------------
 
     async def drop_connections(self) -> None:
-        """Abort every connection without a close frame (a network cut)."""
-        for client in list(self._clients):
-            client.ws.transport.abort()
+        """Cut every connection without a close frame (transport abort), as a network failure would."""
+        conns = list(self._conns)
+        for conn in conns:
+            conn.ws.transport.abort()
+        await self.wait_until(lambda: self._conns.isdisjoint(conns))
 
     async def close_all(self, code: int, reason: str = "") -> None:
-        for client in list(self._clients):
-            await client.ws.close(code, reason)
+        """Close every connection with a close frame (e.g. 1001 going away, 1008 policy violation)."""
+        conns = list(self._conns)
+        await asyncio.gather(*(conn.ws.close(code, reason) for conn in conns))
+        await self.wait_until(lambda: self._conns.isdisjoint(conns))
 
     def pause(self, seconds: float) -> None:
-        """Go silent: no trades, no heartbeats, for ``seconds``."""
+        """Go silent for ``seconds`` (math.inf: until ``pause(0)``): no trades, heartbeats, acks or pongs.
+
+        Pongs and heartbeats due meanwhile are dropped; acks and snapshots are queued and go out when it ends
+        (client messages are still read and recorded); the feed holds its position. WebSocket protocol pings
+        are still answered (by the library).
+        """
         self._silent_until = time.monotonic() + seconds
+        self._silence_changed.set()
+        self._silence_changed = asyncio.Event()
 
     def pause_feed(self) -> None:
+        """Hold the capture position: no new trades until ``resume_feed``; heartbeats and acks go on."""
         self._feeding.clear()
 
     def resume_feed(self) -> None:
         self._feeding.set()
 
-    async def send_raw(self, frame: str | bytes) -> None:
-        for client in list(self._clients):
-            with contextlib.suppress(ConnectionClosed):
-                await client.ws.send(frame if isinstance(frame, str) else frame.decode(errors="replace"))
+    async def send_raw(self, frame: str | bytes, *, binary: bool = False) -> None:
+        """Write ``frame`` as is to every connection (a text frame, even of invalid UTF-8, unless ``binary``)."""
+        for conn in list(self._conns):
+            async with conn.lock:
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.ws.send(frame, text=not binary)
 
     async def send_server_shutdown(self) -> None:
-        """Binance's maintenance notice on the combined stream."""
-        ms = time.time_ns() // 1_000_000
-        await self.send_raw(orjson.dumps({"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": ms}}))
+        """Binance's maintenance notice to every connection; ConfigError for a venue without one."""
+        data = self.venue.server_shutdown(self._ctx())
+        for conn in list(self._conns):
+            async with conn.lock:
+                await self._write(conn, [Out(data)])
 
-    async def wait_for_client(self) -> None:
-        await self._has_client.wait()
+    # -- REST ------------------------------------------------------------------------------------------
 
-    # -- the capture feed ------------------------------------------------------------------------
+    def rest_answer(self, target: str) -> RestAnswer:
+        """Answer ``GET target`` (path and query) from the released trades, as the venue's REST API would."""
+        url = urlsplit(target)
+        return self.venue.rest(url.path, dict(parse_qsl(url.query)), self._ctx())
+
+    # -- the feed --------------------------------------------------------------------------------------
+
+    def _ctx(self) -> Ctx:
+        return Ctx(time.time_ns(), time.monotonic(), time.monotonic_ns() - self._started_ns,
+                   self.heartbeat_interval_s, self.history)  # fmt: skip
+
+    def _seed(self) -> None:
+        """Time the feed from now, and put the capture's recorded snapshot trades in the history."""
+        unit = self.venue.time_unit_ns
+        shift = time.time_ns() - self._timeline.start_ns
+        self._shift_ns = shift - shift % unit  # whole venue units: every recorded digit keeps its spacing
+        seeded = [t for frame in self.capture.seed for t in self.venue.render(frame, self._shift_ns, {})[1]]
+        firsts = self._timeline.firsts  # a recorded snapshot may overlap the first updates: those win
+        unique = {(t.symbol, t.trade_id): t for t in seeded if t.trade_id < firsts.get(t.symbol, t.trade_id + 1)}
+        self._release([unique[key] for key in sorted(unique)])
 
     async def _feed(self) -> None:
-        trades = [i for i in self.items if i.symbols and not i.snapshot]
-        for item in (i for i in self.items if i.snapshot):  # history a subscriber's snapshot starts from
-            self._remember(item.render(time.time_ns() - self.items[-1].time_ns, {})[1])
-        if not trades:
-            self.finished.set()
-            return
-        await self._has_client.wait()
-        t0 = trades[0].time_ns
-        duration = trades[-1].time_ns - t0 + 1_000_000
-        bounds: dict[str, tuple[int, int]] = {}
-        for item in trades:
-            for symbol, (lo, hi) in item.ids.items():
-                old_lo, old_hi = bounds.get(symbol, (lo, hi))
-                bounds[symbol] = (min(old_lo, lo), max(old_hi, hi))
-        span = {symbol: hi - lo + 1 for symbol, (lo, hi) in bounds.items()}
-        start_wall, start_mono = time.time_ns(), time.monotonic()
+        frames, timeline, unit = self.capture.frames, self._timeline, self.venue.time_unit_ns
+        anchor_mono, anchor_v = time.monotonic(), timeline.start_ns
         for lap in itertools.count():
-            offsets = {s: lap * n for s, n in span.items()}
-            for item in trades:
-                offset_ns = lap * duration + item.time_ns - t0
-                if self.speed:
-                    due = start_mono + offset_ns / 1e9 / self.speed
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if not frames:
+                break
+            offsets = timeline.offsets(lap)
+            for frame, recorded in zip(frames, timeline.times, strict=True):
+                v = recorded + lap * timeline.lap_ns
+                if self.speed is not None:
+                    delay = anchor_mono + (v - anchor_v) / self.speed / 1e9 - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 else:
                     await asyncio.sleep(0)
-                await self._feeding.wait()
-                silence = self._silent_until - time.monotonic()
-                if silence > 0:  # an injected silence: hold the feed until it ends
-                    await asyncio.sleep(silence)
-                # trade times become the (scaled) send time: at speed 1 the recorded spacing is kept exactly
-                shift = (
-                    start_wall + int(offset_ns / self.speed) - item.time_ns
-                    if self.speed
-                    else time.time_ns() - item.time_ns
-                )
-                payload, served = item.render(shift, offsets)
-                if await self._broadcast(item.route, payload):
-                    self.served.extend((s.symbol, s.trade_id) for s in served)
-                self._remember(served)
+                held_ns = await self._hold()
+                if held_ns:  # the timeline moves on by the time held: later trades read the time they go out
+                    self._shift_ns += held_ns - held_ns % unit
+                    anchor_mono, anchor_v = time.monotonic(), v
+                rendered, trades = self.venue.render(frame, self._shift_ns + lap * timeline.lap_ns, offsets)
+                self._release(trades)
+                for conn in list(self._conns):
+                    out = self.venue.route(conn.session, rendered)
+                    if out is not None:
+                        async with conn.lock:
+                            await self._write(conn, [out])
             if not self.loop:
-                self.finished.set()
-                return
+                break
+        self.finished.set()
+        self._notify()
 
-    def _remember(self, served: list[Served]) -> None:
-        for s in served:
-            self.history[s.symbol].append(s)
-
-    async def _broadcast(self, route: str, payload: Any) -> bool:
-        sent = False
-        for client in list(self._clients):
-            if route.lower() in client.subscriptions or route in client.subscriptions:
-                sent = await self._send(client, payload) or sent
-        return sent
-
-    async def _send(self, client: _Client, payload: Any) -> bool:
-        if self.venue == "coinbase" and isinstance(payload, dict):
-            payload = {**payload, "sequence_num": next(client.sequence)}
-        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        try:
-            await client.ws.send(data.decode())
-        except ConnectionClosed:
-            return False
-        client.last_sent = time.monotonic()
-        return True
-
-    async def _heartbeat(self) -> None:
-        counter = itertools.count(41691)  # Coinbase's counter is server-wide, not per connection
+    async def _hold(self) -> int:
+        """Wait while the feed is held; the ns waited (0 when it was not held)."""
+        start = time.monotonic_ns()
+        held = False
         while True:
+            if self._subscribed.is_set() and self._feeding.is_set() and not self._silent():
+                break
+            if not held:
+                held = self._idle = True
+                self._notify()
+            if not self._subscribed.is_set():
+                await self._subscribed.wait()
+            elif not self._feeding.is_set():
+                await self._feeding.wait()
+            else:
+                await self._until_audible()
+        if not held:
+            return 0
+        self._idle = False
+        return time.monotonic_ns() - start
+
+    def _release(self, trades: Sequence[ReplayTrade]) -> None:
+        for trade in trades:
+            released = self.history.get(trade.symbol)
+            if released is None:
+                released = self.history[trade.symbol] = deque(maxlen=_HISTORY_PER_SYMBOL)
+            released.append(trade)
+        if trades:
+            self._notify()
+
+    def _silent(self) -> bool:
+        return time.monotonic() < self._silent_until
+
+    async def _until_audible(self) -> None:
+        while (rest := self._silent_until - time.monotonic()) > 0:
+            changed = self._silence_changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(rest if math.isfinite(rest) else None):
+                    await changed.wait()
+
+    async def _tick(self) -> None:
+        for beat in itertools.count():
             await asyncio.sleep(self.heartbeat_interval_s)
-            if time.monotonic() < self._silent_until:
+            if self._silent():
                 continue
-            beat = next(counter)
-            for client in list(self._clients):
-                if self.venue == "kraken" and client.subscriptions:
-                    if time.monotonic() - client.last_sent >= self.heartbeat_interval_s:
-                        await self._send(client, {"channel": "heartbeat"})
-                elif self.venue == "coinbase" and client.heartbeats:
-                    now = time.time_ns()
-                    await self._send(client, {"channel": "heartbeats", "client_id": "", "timestamp": ns_to_rfc3339(now),
-                                              "sequence_num": 0, "events": [{"current_time": ns_to_rfc3339(now),
-                                                                             "heartbeat_counter": beat}]})  # fmt: skip
+            ctx = self._ctx()
+            for conn in list(self._conns):
+                outs = self.venue.on_tick(conn.session, ctx, beat)
+                if outs or conn.pending:
+                    async with conn.lock:
+                        await self._write(conn, outs)
 
-    # -- one connection --------------------------------------------------------------------------
+    # -- connections -----------------------------------------------------------------------------------
 
-    async def _serve(self, ws: ServerConnection) -> None:
-        client = _Client(ws)
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = self.venue.new_session(ws.request.path if ws.request is not None else "/")
+        conn = _Conn(ws, session, asyncio.Lock())
         self.connections += 1
-        self._clients.add(client)
+        self._conns.add(conn)
+        self._notify()
+        deadline = time.monotonic() + self.subscribe_deadline_s
         try:
-            if self.venue == "kraken":
-                await self._send(client, {"channel": "status", "type": "update", "data": [{"api_version": "v2",
-                                          "connection_id": 13834774380200032777, "system": "online",
-                                          "version": "2.0.0"}]})  # fmt: skip
-            if self.venue == "binance" and ws.request is not None and "streams=" in ws.request.path:
-                client.subscriptions.update(ws.request.path.split("streams=", 1)[1].split("/"))
-            first = True
+            async with conn.lock:
+                await self._write(conn, self.venue.on_connect(session, self._ctx()))
+            self._note(session)
             while True:
-                if first and self.venue == "coinbase":
+                if self.venue.has_subscribe_deadline and not session.subscribed:
                     try:
-                        message = await asyncio.wait_for(ws.recv(), self.subscribe_deadline_s)
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            message = await ws.recv()
                     except TimeoutError:
-                        await ws.close(1000, "subscribe deadline")
+                        await ws.close(1000, f"no subscribe within {self.subscribe_deadline_s:g} s")
                         return
                 else:
                     message = await ws.recv()
-                first = False
-                control = orjson.loads(message)
-                self.controls.append(control)
-                await self._control(client, control)
-                self._has_client.set()
-        except (ConnectionClosed, orjson.JSONDecodeError):
-            return
+                if self.bookkeeping:
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        self.controls.append(orjson.loads(message))
+                async with conn.lock:
+                    await self._write(conn, self.venue.on_message(session, message, self._ctx()))
+                self._note(session)
+        except ConnectionClosed:
+            pass
         finally:
-            self._clients.discard(client)
+            self._conns.discard(conn)
+            self._notify()
 
-    async def _control(self, client: _Client, msg: dict[str, Any]) -> None:
-        if self.venue == "binance":
-            streams = {s.lower() for s in msg.get("params", [])}
-            if msg.get("method") == "SUBSCRIBE":
-                client.subscriptions |= streams
-            elif msg.get("method") == "UNSUBSCRIBE":
-                client.subscriptions -= streams
-            await self._send(client, {"result": None, "id": msg.get("id")})
-        elif self.venue == "kraken":
-            if msg.get("method") == "ping":
-                now = ns_to_rfc3339(time.time_ns())
-                await self._send(
-                    client, {"method": "pong", "req_id": msg.get("req_id"), "time_in": now, "time_out": now}
-                )
+    def _note(self, session: Session) -> None:
+        if session.subscribed and not self._subscribed.is_set():
+            self._subscribed.set()
+        self._notify()
+
+    async def _write(self, conn: _Conn, outs: Sequence[Out]) -> None:
+        """Send ``outs`` in order (the caller holds ``conn.lock``); stop at the first failure.
+
+        While the server is silent, liveness frames are dropped and the rest wait in ``conn.pending`` for the
+        next write after the silence (the heartbeat tick flushes them), so the reader never blocks.
+        """
+        if self._silent():
+            conn.pending.extend(out for out in outs if not out.liveness)
+            return
+        outs, conn.pending = [*conn.pending, *outs], []
+        for out in outs:
+            data = out.data() if callable(out.data) else out.data
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await conn.ws.send(data, text=True)
+            except TimeoutError:  # a client that does not read is cut, as venues do
+                log.warning("%s: a client stopped reading; dropping it", self.exchange)
+                conn.ws.transport.abort()
                 return
-            params = msg.get("params", {})
-            for symbol in params.get("symbol", []):
-                if msg.get("method") == "subscribe":
-                    client.subscriptions.add(symbol)
-                else:
-                    client.subscriptions.discard(symbol)
-                now = ns_to_rfc3339(time.time_ns())
-                await self._send(client, {"method": msg.get("method"), "result": {"channel": "trade", "symbol": symbol,
-                                          "snapshot": params.get("snapshot", False)}, "success": True,
-                                          "time_in": now, "time_out": now, "req_id": msg.get("req_id")})  # fmt: skip
-                recent = list(self.history[symbol])[-_SNAPSHOT["kraken"] :]
-                if msg.get("method") == "subscribe" and params.get("snapshot") and recent:
-                    await self._send(client, _kraken_frame("snapshot", [s.element for s in recent]))
-                    self.served.extend((s.symbol, s.trade_id) for s in recent)
-        else:
-            products = msg.get("product_ids", [])
-            if msg.get("channel") == "heartbeats":
-                client.heartbeats = msg.get("type") == "subscribe"
-            elif msg.get("type") == "subscribe":
-                for product in products:
-                    client.subscriptions.add(product)
-                    recent = list(self.history[product])[-_SNAPSHOT["coinbase"] :][::-1]  # newest first
-                    if recent:
-                        await self._send(client, {"channel": "market_trades", "client_id": "",
-                                                  "timestamp": ns_to_rfc3339(time.time_ns()), "sequence_num": 0,
-                                                  "events": [{"type": "snapshot",
-                                                              "trades": [s.element for s in recent]}]})  # fmt: skip
-                        self.served.extend((s.symbol, s.trade_id) for s in reversed(recent))
-            else:
-                client.subscriptions -= set(products)
-            subs = {"market_trades": sorted(client.subscriptions)}
-            if client.heartbeats:
-                subs["heartbeats"] = ["heartbeats"]
-            await self._send(client, {"channel": "subscriptions", "client_id": "",
-                                      "timestamp": ns_to_rfc3339(time.time_ns()), "sequence_num": 0,
-                                      "events": [{"subscriptions": subs}]})  # fmt: skip
+            except ConnectionClosed:
+                return
+            conn.session.last_sent_mono = time.monotonic()
+            if out.trades and self.bookkeeping:
+                for trade in out.trades:
+                    key = (trade.symbol, trade.trade_id)
+                    if key not in self._served_set:
+                        self._served_set.add(key)
+                        self.served.append(key)
+                self._notify()

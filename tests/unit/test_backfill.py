@@ -12,7 +12,7 @@ def test_kraken_trades_rows_with_the_cursor() -> None:
     spec = REST["kraken"]
     assert spec.request("trade", "BTC/USD", GAP, 0) == (
         "/0/public/Trades",
-        {"pair": "BTC/USD", "since": "1688669448000000000"},
+        {"pair": "BTC/USD", "since": "1688669447999999999"},
     )
     body = (
         b'{"error":[],"result":{"BTC/USD":[["30243.40000","0.34507674",1688669448.7664,"b","m","",101],'
