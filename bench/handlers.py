@@ -4,15 +4,21 @@ For each venue, N trade frames (real captured frames, replicated with fresh trad
 what the live handler does per frame — raw-frame publish, pure venue parse, dedup/gap state,
 normalized record publish — into a real Tansu broker, until the broker acknowledged every message.
 The ceiling is ``orjson.dumps(orjson.loads(frame))`` over the same frames. Also reports
-frame-received → produce-acked latency percentiles (from the handler's produce acks).
+frame-received → produce-acked latency percentiles from a paced run (``--rate`` trades/s for
+``--seconds``), measured by a sink wrapper that only that run uses.
 
-    .venv/bin/python bench/handlers.py --trades 200000
+The machine may be shared: each saturated run is repeated ``--runs`` times and reported as best and
+range, next to the handler process's own CPU time (trades per CPU-second), which other load inflates
+less than wall time. The ceiling is the best of three passes.
+
+    PYTHONPATH=. .venv/bin/python bench/handlers.py --trades 100000 --rate 5000 --seconds 10
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import subprocess
 import time
@@ -59,10 +65,13 @@ def frames(venue: str, n: int) -> list[bytes]:
 
 
 def ceiling(data: Sequence[bytes]) -> float:
-    start = time.perf_counter()
-    for frame in data:
-        orjson.dumps(orjson.loads(frame))
-    return len(data) / (time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for frame in data:
+            orjson.dumps(orjson.loads(frame))
+        best = min(best, time.perf_counter() - start)
+    return len(data) / best
 
 
 class TimedSink(KafkaSink):
@@ -85,22 +94,26 @@ class TimedSink(KafkaSink):
 
 async def through_handler(
     venue: str, data: Sequence[bytes], bootstrap: str, rate: float | None = None
-) -> tuple[float, list[int]]:
-    sink = TimedSink(bootstrap, idempotence=False)
-    sink.latencies_ns = []
+) -> tuple[float, float, list[int]]:
+    """Trades/s (wall), trades per handler CPU-second, and receive → ack latencies (paced runs only)."""
+    sink = KafkaSink(bootstrap, idempotence=False) if rate is None else TimedSink(bootstrap, idempotence=False)
+    latencies: list[int] = []
+    if isinstance(sink, TimedSink):
+        sink.latencies_ns = latencies
     publisher = Publisher(sink, venue, max_buffered=50_000)
     handler = FeedHandler(venue, CONFIGS[venue], publisher, transport=None,  # type: ignore[arg-type]
                           options=HandlerOptions())  # fmt: skip
     await publisher.start()
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     for i, frame in enumerate(data):
         if rate is not None:  # paced like a live feed: frame i is due at i / rate
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
         await handler.on_frame(frame, time.time_ns(), 1)
     assert await publisher.flush(120.0), "broker did not take everything"
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     await publisher.stop()
-    return len(data) / elapsed, sink.latencies_ns
+    assert sum(publisher.stats.trades.values()) == len(data), "every trade published once"
+    return len(data) / elapsed, len(data) / cpu, latencies
 
 
 def pct(values: list[int], q: float) -> float:
@@ -113,7 +126,10 @@ def main() -> None:
     parser.add_argument("--trades", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=5_000.0, help="paced run for latency")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3, help="saturated runs per venue (best and range reported)")
+    parser.add_argument("--venues", default=",".join(CONFIGS))
     args = parser.parse_args()
+    logging.getLogger("feed_handlers.publisher").setLevel(logging.ERROR)  # "buffer full" is the point here
     os.sched_setaffinity(0, {0})  # one core for the handler; the broker gets the other
     kafka = f"127.0.0.1:{free_port()}"
     broker = subprocess.Popen(
@@ -123,17 +139,19 @@ def main() -> None:
     try:
         os.sched_setaffinity(broker.pid, {1})
         wait_for(lambda: tcp_open("127.0.0.1", int(kafka.rsplit(":", 1)[1])), 30, "broker")
-        for venue in CONFIGS:
+        for venue in args.venues.split(","):
             asyncio.run(ensure_topics(kafka, dict.fromkeys(topic_names(venue), 4)))
             data = frames(venue, args.trades)
             top = ceiling(data)
-            rate, latencies = asyncio.run(through_handler(venue, data, kafka))
-            _, paced = asyncio.run(through_handler(venue, data[: int(args.rate * args.seconds)], kafka, args.rate))
+            _, _, paced = asyncio.run(through_handler(venue, data[: int(args.rate * args.seconds)], kafka, args.rate))
+            runs = [asyncio.run(through_handler(venue, data, kafka))[:2] for _ in range(args.runs)]
+            best, best_cpu = max(r for r, _ in runs), max(c for _, c in runs)
             print(f"{venue:8s}: at {args.rate:,.0f} trades/s for {args.seconds:.0f}s, frame received -> produce acked "
                   f"p50 {pct(paced, 0.5):.1f} ms, p99 {pct(paced, 0.99):.1f} ms")  # fmt: skip
-            print(f"{venue:8s}: {rate:,.0f} trades/s through parse -> record -> produce (raw + normalized, acked) "
-                  f"= {100 * rate / top:.0f}% of the orjson loads+dumps ceiling {top:,.0f}/s (saturated: "
-                  f"receive -> ack p50 {pct(latencies, 0.5):.0f} ms, p99 {pct(latencies, 0.99):.0f} ms, queueing)")  # fmt: skip
+            print(f"{venue:8s}: {best:,.0f} trades/s (runs {min(r for r, _ in runs):,.0f}..{best:,.0f}) through parse "
+                  f"-> record -> produce (raw + normalized, acked) = {100 * best / top:.0f}% of the orjson "
+                  f"loads+dumps ceiling {top:,.0f}/s; {best_cpu:,.0f} trades per handler CPU-second "
+                  f"({100 * best_cpu / top:.0f}%)")  # fmt: skip
     finally:
         broker.terminate()
         broker.wait(timeout=30)

@@ -74,6 +74,7 @@ class FeedHandler:
         self.state = TradeState(self.options.gap_grace_s, last_ids)
         self.topic, self.raw_topic, self.dlq_topic = topic_names(exchange)
         self._publisher = publisher
+        self._key = exchange.encode()  # key of the raw and dead-letter topics
         self._instruments_path = instruments_path
         self._stop = asyncio.Event()
         self._sequence: dict[int, int] = {}
@@ -94,9 +95,6 @@ class FeedHandler:
     async def on_frame(self, frame: bytes | str, ts_received_ns: int, connection_id: int) -> bool:
         raw = frame.encode() if isinstance(frame, str) else frame
         received = str(ts_received_ns).encode()
-        await self._publisher.publish(
-            Message(self.raw_topic, self.exchange.encode(), raw, (("ts_received_ns", received),))
-        )
         try:
             result = self.venue.parse(frame, ts_received_ns=ts_received_ns, canonical=self.canonical)
         except ParseError as exc:
@@ -106,33 +104,39 @@ class FeedHandler:
                 "frame dead-lettered: %s", exc.reason, extra={"frame_prefix": raw[:200].decode(errors="replace")}
             )
             headers = (("reason", exc.reason.encode()), ("ts_received_ns", received))
-            await self._publisher.publish(Message(self.dlq_topic, self.exchange.encode(), raw, headers))
+            await self._publisher.publish_many((
+                Message(self.raw_topic, self._key, raw, (("ts_received_ns", received),)),
+                Message(self.dlq_topic, self._key, raw, headers),
+            ))  # fmt: skip
             return False
+        # The frame's messages go to the buffer together, the verbatim frame first.
+        messages = [Message(self.raw_topic, self._key, raw, (("ts_received_ns", received),))]
         frames = self.stats.frames
         frames[result.kind] = frames.get(result.kind, 0) + 1
         if result.sequence_num is not None:
             self._check_sequence(result.sequence_num, connection_id)
         if result.kind == "error":
             self._log.error("venue error: %s", result.error, extra={"req_id": result.req_id})
-        for trade in result.trades:
-            await self._accept(trade)
+        if result.trades:
+            self._accept(result.trades, messages)
+        await self._publisher.publish_many(messages)
         return result.kind == "shutdown"
 
-    async def _accept(self, trade: TradeRecord) -> None:
-        symbol = trade.symbol
-        verdict = self.state.accept(symbol, int(trade.trade_id), time.monotonic(), trade.ts_event_ns)
-        stats = self.stats
-        if not verdict.accepted:
-            stats.duplicates[symbol] = stats.duplicates.get(symbol, 0) + 1
-            return
-        if verdict.opened_gap:
-            self._log.info("trade id jump: %d ids not seen yet", verdict.opened_gap,
-                           extra={"symbol": trade.symbol, "trade_id": trade.trade_id})  # fmt: skip
-        await self._publisher.publish(
-            Message(self.topic, trade.symbol.encode(), trade.to_json(), received_ns=trade.ts_received_ns)
-        )
-        stats.trades[symbol] = stats.trades.get(symbol, 0) + 1
-        stats.last_trade_s[symbol] = trade.ts_event_ns / 1e9
+    def _accept(self, trades: tuple[TradeRecord, ...], out: list[Message]) -> None:
+        """Append a message for each trade not published before; count trades and duplicates."""
+        accept, topic, stats, now = self.state.accept, self.topic, self.stats, time.monotonic()
+        for trade in trades:
+            symbol = trade.symbol
+            verdict = accept(symbol, int(trade.trade_id), now, trade.ts_event_ns)
+            if not verdict.accepted:
+                stats.duplicates[symbol] = stats.duplicates.get(symbol, 0) + 1
+                continue
+            if verdict.opened_gap:
+                self._log.info("trade id jump: %d ids not seen yet", verdict.opened_gap,
+                               extra={"symbol": symbol, "trade_id": trade.trade_id})  # fmt: skip
+            out.append(Message(topic, symbol.encode(), trade.to_json(), (), trade.ts_received_ns))
+            stats.trades[symbol] = stats.trades.get(symbol, 0) + 1
+            stats.last_trade_ns[symbol] = trade.ts_event_ns
 
     def _check_sequence(self, sequence_num: int, connection_id: int) -> None:
         previous = self._sequence.get(connection_id)

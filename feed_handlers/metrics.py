@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -42,6 +43,15 @@ PUBLISH_ERRORS = Counter("k2_feed_publish_errors_total", "Failed produce attempt
 
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The same bounds in integer nanoseconds: a bucket is found without a float division per message.
+_LATENCY_BUCKETS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BUCKETS_S)
+
+
+class Timed(Protocol):
+    """A published message that knows when its frame was received (0: not measured)."""
+
+    @property
+    def received_ns(self) -> int: ...
 
 
 @dataclass
@@ -58,16 +68,23 @@ class HotStats:
     frames: dict[str, int] = field(default_factory=dict)
     trades: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
-    last_trade_s: dict[str, float] = field(default_factory=dict)
+    last_trade_ns: dict[str, int] = field(default_factory=dict)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
-    latency_sum_s: float = 0.0
+    latency_sum_ns: int = 0
 
     def __post_init__(self) -> None:
         _COLLECTOR.stats.append(self)
 
-    def observe_latency(self, seconds: float) -> None:
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.latency_sum_s += seconds
+    def observe_acked(self, now_ns: int, messages: Iterable[Timed]) -> None:
+        """Frame-received → produce-acked latency of every timed message the broker acknowledged at ``now_ns``."""
+        counts, bounds, total = self.latency_counts, _LATENCY_BUCKETS_NS, 0
+        for message in messages:
+            received_ns = message.received_ns
+            if received_ns:
+                waited = now_ns - received_ns
+                counts[bisect.bisect_left(bounds, waited)] += 1
+                total += waited
+        self.latency_sum_ns += total
 
     def close(self) -> None:
         """Stop exporting (a handler object that is gone)."""
@@ -101,13 +118,13 @@ class _HotCollector:
                 trades.add_metric([s.exchange, symbol], n)
             for symbol, n in s.duplicates.items():
                 duplicates.add_metric([s.exchange, symbol], n)
-            for symbol, ts in s.last_trade_s.items():
-                last.add_metric([s.exchange, symbol], ts)
+            for symbol, ts_ns in s.last_trade_ns.items():
+                last.add_metric([s.exchange, symbol], ts_ns / 1e9)
             cumulative, buckets = 0, []
             for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), s.latency_counts, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([s.exchange], buckets, s.latency_sum_s)
+            latency.add_metric([s.exchange], buckets, s.latency_sum_ns / 1e9)
         yield from (frames, trades, duplicates, last, latency)
 
 

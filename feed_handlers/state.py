@@ -39,6 +39,11 @@ class Verdict:
     opened_gap: int = 0  # ids now missing because this trade jumped ahead
 
 
+# The verdicts of almost every trade, built once (one per trade costs as much as the decision).
+_ACCEPTED = Verdict(True)
+_DUPLICATE = Verdict(False)
+
+
 @dataclass
 class _Gap:
     first: int
@@ -69,16 +74,18 @@ class TradeState:
 
     def accept(self, symbol: str, trade_id: int, now: float, ts_event_ns: int = 0) -> Verdict:
         """Decide about one trade; ids of one symbol should come in ascending order within a frame."""
-        state = self._symbols.setdefault(symbol, SymbolState())
+        state = self._symbols.get(symbol)
+        if state is None:
+            state = self._symbols[symbol] = SymbolState()
         last = state.last_id
         if last is None or trade_id == last + 1:
             state.last_id, state.last_ts_ns = trade_id, ts_event_ns
-            return Verdict(True)
+            return _ACCEPTED
         if trade_id > last:
             state.gaps.append(_Gap(last + 1, trade_id - 1, now + self.grace_s, state.last_ts_ns, ts_event_ns))
             state.last_id, state.last_ts_ns = trade_id, ts_event_ns
             return Verdict(True, trade_id - 1 - last)
-        return Verdict(self._fill(state, trade_id))
+        return _ACCEPTED if self._fill(state, trade_id) else _DUPLICATE
 
     @staticmethod
     def _fill(state: SymbolState, trade_id: int) -> bool:

@@ -10,6 +10,7 @@ import orjson
 
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument
+from feed_handlers.metrics import LATENCY_BUCKETS_S, HotStats
 from feed_handlers.publisher import Delivery, Message, Publisher
 from tests.unit.test_runner import FakeTransport
 
@@ -98,3 +99,22 @@ def test_restart_with_recovered_ids_publishes_no_duplicate() -> None:
     config = _config("binance", [("BNBBTC", "BNB-BTC")], "trade")
     messages = _run("binance", config, frames, last_ids={"BNBBTC": 40756030})
     assert [t["trade_id"] for t in _trades(messages, "market.crypto.trades.binance")] == ["60276726"]
+
+
+def test_produce_latency_is_bucketed_per_acked_message_in_integer_nanoseconds() -> None:
+    stats = HotStats("test-latency")
+    try:
+        now = 10_000_000_000
+        acked = [
+            Message("t", b"k", b"v", (), now - 1_000_000),  # exactly 1 ms: the 0.001 bucket (le)
+            Message("t", b"k", b"v", (), now - 1_000_001),  # just above: the 0.0025 bucket
+            Message("t", b"k", b"v", (), 0),  # raw frame: not timed
+            Message("t", b"k", b"v", (), now - 20_000_000_000),  # 20 s: +Inf
+        ]
+        stats.observe_acked(now, acked)
+        expected = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        expected[0], expected[1], expected[-1] = 1, 1, 1
+        assert stats.latency_counts == expected
+        assert stats.latency_sum_ns == 1_000_000 + 1_000_001 + 20_000_000_000
+    finally:
+        stats.close()
