@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (robust to a shared machine, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trades", type=int, default=1_000_000)
@@ -129,8 +136,12 @@ def main() -> None:
         client = clickhouse_connect.get_client(host="127.0.0.1", port=ch_port)
         start = time.perf_counter()
         migrate(client, default_sql_dir(), {"KAFKA_BROKER_LIST": kafka})
+        wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") > 0, 600, "first silver rows")
+        cpu_start = cpu_s(clickhouse.pid), cpu_s(broker.pid), time.perf_counter()
         wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= args.trades, 600, "silver filled")
         wall_s = time.perf_counter() - start
+        ch_cpu, broker_cpu = cpu_s(clickhouse.pid) - cpu_start[0], cpu_s(broker.pid) - cpu_start[1]
+        cpu_wall_s = time.perf_counter() - cpu_start[2]
         span_s = (
             float(
                 client.command(
@@ -143,6 +154,13 @@ def main() -> None:
         print(f"topic -> silver: {args.trades} trades, {args.trades / wall_s:,.0f} rows/s wall clock "
               f"(schema creation, consumer group join included: {wall_s:.1f}s); "
               f"{args.trades / span_s:,.0f} rows/s between first and last silver insert ({span_s:.1f}s)")  # fmt: skip
+        first_rows = client.command(
+            "SELECT count() FROM k2.silver_trades WHERE ts_ingested = (SELECT min(ts_ingested) FROM k2.silver_trades)"
+        )
+        rows = args.trades - int(first_rows)
+        print(f"CPU per row after the first silver block: embedded ClickHouse {ch_cpu / rows * 1e6:.1f} us "
+              f"(consumer + MV chain + merges; {ch_cpu / cpu_wall_s:.0%} of a core), "
+              f"broker {broker_cpu / rows * 1e6:.1f} us")  # fmt: skip
         gold = client.command("SELECT sum(trade_count) FROM k2.ohlcv_1m")
         assert gold == args.trades, f"gold 1m counts {gold} trades, expected {args.trades}"
         print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
