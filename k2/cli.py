@@ -18,6 +18,8 @@ from feed_handlers.instruments import EXCHANGES, load_instruments
 from feed_handlers.normalize import normalize
 from feed_handlers.replay import run_replay
 from k2 import chclient
+from k2.cli_cold import add_commands as add_cold_commands
+from k2.cli_maintenance import add_commands as add_maintenance_commands
 from k2.embedded.components import Feeds, exchanges_reachable
 from k2.embedded.stack import Stack, status
 from k2.errors import ConfigError, K2Error
@@ -35,6 +37,8 @@ def _print_endpoints(state: dict[str, Any]) -> None:
     print(f"k2 is up (data dir {state['data_dir']})")
     print(f"  kafka       {endpoints['kafka']}")
     print(f"  clickhouse  {endpoints['clickhouse']}   try: k2 sql 'SELECT * FROM k2.ohlcv_1m LIMIT 5'")
+    if "prefect" in endpoints:
+        print(f"  prefect UI  {endpoints['prefect']}   offloads every 15 min; run one now from Deployments")
     sys.stdout.flush()
 
 
@@ -55,7 +59,7 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         # captures carry their own symbols; the handlers (children) read K2_INSTRUMENTS too
         os.environ["K2_INSTRUMENTS"] = str((feeds.replay_dir / "instruments.yaml").resolve())
         settings = settings.model_copy(update={"instruments": feeds.replay_dir / "instruments.yaml"})
-    stack = Stack(settings, feeds)
+    stack = Stack(settings, feeds, flows=not args.no_flows)
     if args.detach:
         _print_endpoints(stack.up_detached())
         return 0
@@ -120,6 +124,14 @@ def _cmd_normalize(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exporter(settings: Settings, args: argparse.Namespace) -> int:
+    from k2.exporter import serve  # noqa: PLC0415 - only this command needs it
+
+    overrides = {"exporter_host": args.host, "exporter_port": args.port}
+    serve(settings.model_copy(update={k: v for k, v in overrides.items() if v is not None}))
+    return 0
+
+
 def _speed(text: str) -> float | None:
     return None if text == "max" else float(text)
 
@@ -160,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--replay", metavar="DIR", help="serve <exchange>.jsonl captures from DIR as fake exchanges")
     up.add_argument("--speed", default="1", help="replay speed multiplier, or 'max'")
     up.add_argument("--no-loop", action="store_true", help="replay the captures once instead of looping")
+    up.add_argument("--no-flows", action="store_true", help="without the Prefect server and the offload flows")
     up.set_defaults(func=_cmd_up)
     with_data_dir(sub.add_parser("down", help="stop the embedded stack")).set_defaults(func=_cmd_down)
     st = with_data_dir(sub.add_parser("status", help="health and endpoints; exit 1 if anything is unhealthy"))
@@ -188,10 +201,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--host", default="127.0.0.1")
     replay.add_argument("--ports", help="binance=9201,kraken=9202,coinbase=9203 (default: any free port)")
     replay.set_defaults(func=_cmd_replay)
+    exporter = sub.add_parser("exporter", help="serve ClickHouse-derived metrics (latency, tables) on /metrics")
+    exporter.add_argument("--host", help="listen address (default: K2_EXPORTER_HOST, 127.0.0.1)")
+    exporter.add_argument("--port", type=int, help="listen port (default: K2_EXPORTER_PORT, 9190)")
+    exporter.set_defaults(func=_cmd_exporter)
     db = sub.add_parser("db", help="schema management").add_subparsers(dest="db_command", required=True)
     mig = db.add_parser("migrate", help="apply clickhouse/ migrations not applied yet")
     mig.add_argument("--sql-dir", type=Path, help=argparse.SUPPRESS)
     mig.set_defaults(func=_cmd_migrate)
+    add_cold_commands(sub)
+    add_maintenance_commands(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +41,55 @@ class Settings(BaseModel):
     replay_port_base: int = Field(default=9201, description="k2 up --replay: binance, kraken, coinbase ports")
     handler_metrics_port_base: int = Field(default=9101, description="handlers' /metrics: binance, kraken, coinbase")
     backfill: bool = Field(default=False, description="feed handlers fetch trade-id gaps over REST")
+    # Iceberg cold tier (offload/, flows/): empty URIs mean "under data_dir" (the embedded layout)
+    offload_engine: Literal["pyiceberg", "spark"] = "pyiceberg"
+    iceberg_catalog: Literal["sql", "rest"] = Field(default="sql", description="sql: SQLite/Postgres; rest: REST")
+    iceberg_catalog_uri: str = Field(default="", description="SQLAlchemy URL or REST URL; empty = SQLite in data_dir")
+    iceberg_warehouse: str = Field(default="", description="file:// or s3:// URI; empty = data_dir/iceberg/warehouse")
+    iceberg_s3_endpoint: str = ""
+    iceberg_s3_access_key_id: str = ""
+    iceberg_s3_secret_access_key: str = ""
+    iceberg_s3_region: str = "us-east-1"
+    offload_state_url: str = Field(default="", description="watermarks + audit log DB; empty = SQLite in data_dir")
+    offload_safety_buffer_s: float = Field(default=60.0, ge=0, description="rows younger than this wait a run")
+    offload_lock_ttl_s: float = Field(default=3600.0, gt=0, description="a crashed run's table lock expires")
+    offload_retries: int = Field(default=2, ge=0, description="extra attempts per table before reporting it")
+    iceberg_rest_credential: str = Field(default="", description="client_id:secret for the REST catalog's OAuth")
+    cold_clickhouse: Literal["auto", "none"] = Field(
+        default="auto", description="auto: cold.<table> in ClickHouse reads each Iceberg table where it lies"
+    )
+    clickhouse_s3_collection: str = Field(
+        default="", description="named collection with S3 credentials in ClickHouse; empty = inline keys"
+    )
+    spark_jars: str = Field(default="", description="comma-separated jar paths; empty = spark.jars.packages")
+    spark_java_library_path: str = ""
+    spark_master: str = "local[1]"
+    prefect_port: int = 4200
+    flows_metrics_port: int = Field(default=9191, description="`k2 flows serve`: /metrics (offload, audit), /health")
+    flows_metrics_host: str = "127.0.0.1"
+    prefect_api_url: str = Field(default="", description="empty = the embedded server on prefect_port")
+    exporter_port: int = Field(default=9190, description="`k2 exporter`: /metrics derived from ClickHouse")
+    exporter_host: str = "127.0.0.1"
+
+    @property
+    def iceberg_dir(self) -> Path:
+        return self.data_dir.resolve() / "iceberg"
+
+    @property
+    def catalog_uri(self) -> str:
+        return self.iceberg_catalog_uri or f"sqlite:///{self.iceberg_dir / 'catalog.db'}"
+
+    @property
+    def warehouse_uri(self) -> str:
+        return self.iceberg_warehouse or (self.iceberg_dir / "warehouse").as_uri()
+
+    @property
+    def state_url(self) -> str:
+        return self.offload_state_url or f"sqlite:///{self.data_dir.resolve() / 'offload.db'}"
+
+    @property
+    def prefect_api(self) -> str:
+        return self.prefect_api_url or f"http://127.0.0.1:{self.prefect_port}/api"
 
     @property
     def kafka_brokers_for_clickhouse(self) -> str:

@@ -125,16 +125,22 @@ def stack_env(data_dir: Path) -> dict[str, str]:
         K2_INSTRUMENTS=str(instruments),
         K2_REPLAY_PORT_BASE=str(free_port()),
         K2_HANDLER_METRICS_PORT_BASE=str(free_port()),
+        K2_PREFECT_PORT=str(free_port()),
+        K2_FLOWS_METRICS_PORT=str(free_port()),
+        K2_EXPORTER_PORT=str(free_port()),
     )
     return env
 
 
 @contextmanager
-def running_stack(data_dir: Path, *up_args: str) -> Iterator[Stack]:
+def running_stack(data_dir: Path, *up_args: str, **env_overrides: str) -> Iterator[Stack]:
     """``k2 up --detach`` (no feed handlers unless ``up_args`` ask for them), ``k2 down`` after."""
-    env = stack_env(data_dir)
+    env = {**stack_env(data_dir), **env_overrides}
     stack = Stack(data_dir, env, env["K2_KAFKA_BOOTSTRAP"], env["K2_CLICKHOUSE_URL"])
-    stack.k2("up", "--detach", *(up_args or ("--feeds", "none")))
+    args = up_args or ("--feeds", "none")
+    if "--flows" not in args:  # Prefect (~7-20 s to start) only for the tests that need it
+        args = (*args, "--no-flows")
+    stack.k2("up", "--detach", *[a for a in args if a != "--flows"])
     try:
         yield stack
     finally:

@@ -59,7 +59,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    asyncio.run(serve(args.data_dir, args.host, args.port, os.environ.get("K2_CLICKHOUSE_PASSWORD", "")))
+    # chDB's user_files_path (what file() and IcebergLocal may read) is its working directory, whatever
+    # the connection string says: run in the stack's data dir, which holds the Iceberg warehouse.
+    data_dir = args.data_dir.resolve()
+    os.chdir(data_dir.parent)
+    asyncio.run(serve(data_dir, args.host, args.port, os.environ.get("K2_CLICKHOUSE_PASSWORD", "")))
 
 
 if __name__ == "__main__":

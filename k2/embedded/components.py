@@ -66,6 +66,7 @@ class Component:
     port: int
     endpoint: str
     health_url: str | None = None  # None: an open TCP port is healthy
+    env: tuple[tuple[str, str], ...] = ()  # added to the supervisor's environment
 
     def healthy(self) -> bool:
         if self.health_url is not None:
@@ -128,10 +129,32 @@ def _feed_components(settings: Settings, instruments: Instruments, feeds: Feeds)
     return out
 
 
+def _flow_components(settings: Settings) -> list[Component]:
+    """The Prefect server (UI + API) and `k2 flows serve`, which registers and runs the deployments."""
+    from flows.serve import prefect_environment  # noqa: PLC0415 - no Prefect import here
+
+    env = tuple(prefect_environment(settings).items())
+    host, port = "127.0.0.1", settings.prefect_port
+    prefect = Path(sys.executable).parent / "prefect"
+    server = Component("prefect", (str(prefect), "server", "start", "--host", host, "--port", str(port)), host, port,
+                       f"http://{host}:{port}", health_url=f"http://{host}:{port}/api/health", env=env)  # fmt: skip
+    metrics = settings.flows_metrics_port
+    serve = Component("flows", (sys.executable, "-m", "k2.cli", "flows", "serve"), settings.flows_metrics_host,
+                      metrics, f"http://{settings.flows_metrics_host}:{metrics}/metrics", env=env)  # fmt: skip
+    return [server, serve]
+
+
+def _exporter(settings: Settings) -> Component:
+    """`k2 exporter`: end-to-end latency, table sizes and ClickHouse health as Prometheus metrics."""
+    host, port = settings.exporter_host, settings.exporter_port
+    url = f"http://{host}:{port}/metrics"
+    return Component("exporter", (sys.executable, "-m", "k2.cli", "exporter"), host, port, url, health_url=url)
+
+
 def components(
-    settings: Settings, instruments: Instruments | None = None, feeds: Feeds | None = None
+    settings: Settings, instruments: Instruments | None = None, feeds: Feeds | None = None, flows: bool = False
 ) -> list[Component]:
-    """Broker first, then ClickHouse (its Kafka tables need the broker), then the feeds."""
+    """Broker first, then ClickHouse (its Kafka tables need the broker), its exporter, the feeds, Prefect."""
     data_dir = settings.data_dir.resolve()
     kafka_url = f"tcp://{settings.kafka_host}:{settings.kafka_port}"
     ch_host, ch_port = settings.clickhouse_host, settings.clickhouse_port
@@ -168,5 +191,7 @@ def components(
             settings.clickhouse_url,
             health_url=f"{settings.clickhouse_url.rstrip('/')}/ping",
         ),
+        _exporter(settings),
         *(_feed_components(settings, instruments, feeds) if instruments and feeds else []),
+        *(_flow_components(settings) if flows else []),
     ]

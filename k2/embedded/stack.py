@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,7 +38,12 @@ __all__ = ["Stack", "read_pid", "status"]
 log = logging.getLogger("k2.stack")
 
 _STOP_GRACE_S = 15.0
-_ENDPOINT_SETTING = {"broker": "K2_KAFKA_BOOTSTRAP", "clickhouse": "K2_CLICKHOUSE_URL"}
+_ENDPOINT_SETTING = {
+    "broker": "K2_KAFKA_BOOTSTRAP",
+    "clickhouse": "K2_CLICKHOUSE_URL",
+    "prefect": "K2_PREFECT_PORT",
+    "flows": "K2_FLOWS_METRICS_PORT",
+}
 _RESTART_BACKOFF_MAX_S = 30.0
 
 
@@ -84,14 +89,15 @@ class _Child:
 class Stack:
     """Starts, watches and stops the embedded components for one data directory."""
 
-    def __init__(self, settings: Settings, feeds: Feeds | None = None) -> None:
+    def __init__(self, settings: Settings, feeds: Feeds | None = None, flows: bool = False) -> None:
         self.settings = settings
         self.feeds = feeds or Feeds()
+        self.flows = flows
         self.data_dir = settings.data_dir.resolve()
         self.run_dir = self.data_dir / "run"
         self.log_dir = self.data_dir / "logs"
         instruments = load_instruments(settings.instruments) if feeds is not None else None
-        self.components = components(settings, instruments, self.feeds)
+        self.components = components(settings, instruments, self.feeds, flows)
         self._children: dict[str, _Child] = {}
         self._stopping = False
 
@@ -153,7 +159,10 @@ class Stack:
 
     def _start(self, comp: Component) -> None:
         log_file = (self.log_dir / f"{comp.name}.log").open("ab")
-        process = subprocess.Popen(comp.command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, **dict(comp.env)} if comp.env else None
+        process = subprocess.Popen(
+            comp.command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         (self.run_dir / f"{comp.name}.pid").write_text(str(process.pid))
         previous = self._children.get(comp.name)
         self._children[comp.name] = _Child(comp, process, previous.restarts if previous else 0, 0.0, log_file)
@@ -209,7 +218,7 @@ class Stack:
             "pid": os.getpid(),
             "data_dir": str(self.data_dir),
             "feeds": {"mode": self.feeds.mode, "replay_dir": str(self.feeds.replay_dir or "")},
-            "endpoints": _endpoints(self.settings),
+            "endpoints": _endpoints(self.settings, [c.name for c in self.components]),
             "components": {
                 n: {
                     "pid": c.process.pid,
@@ -239,6 +248,8 @@ class Stack:
             feeds += ["--replay", str(self.feeds.replay_dir.resolve())]
         if not self.feeds.loop:
             feeds.append("--no-loop")
+        if not self.flows:
+            feeds.append("--no-flows")
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "k2.cli", "up", "--data-dir", str(self.data_dir), *feeds],
@@ -271,8 +282,14 @@ class Stack:
         return stopped
 
 
-def _endpoints(settings: Settings) -> dict[str, str]:
-    return {"kafka": settings.kafka_bootstrap, "clickhouse": settings.clickhouse_url}
+def _endpoints(settings: Settings, names: Iterable[str] = ()) -> dict[str, str]:
+    names = set(names)
+    endpoints = {"kafka": settings.kafka_bootstrap, "clickhouse": settings.clickhouse_url}
+    if "exporter" in names:
+        endpoints["metrics"] = f"http://{settings.exporter_host}:{settings.exporter_port}/metrics"
+    if "prefect" in names:
+        endpoints["prefect"] = f"http://127.0.0.1:{settings.prefect_port}"
+    return endpoints
 
 
 def status(settings: Settings) -> dict[str, Any]:
@@ -290,7 +307,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "running": supervisor is not None,
         "supervisor_pid": supervisor,
         "data_dir": str(stack.data_dir),
-        "endpoints": _endpoints(settings),
+        "endpoints": _endpoints(settings, known),
         "components": {},
     }
     for comp in known.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from tests.support import K2, REPO, Stack, stack_env
@@ -13,12 +14,16 @@ from tests.support import K2, REPO, Stack, stack_env
 def test_status_json_reports_components_and_endpoints(stack: Stack) -> None:
     report = json.loads(stack.k2("status", "--json").stdout)
     assert report["running"] is True
-    assert report["endpoints"] == {"kafka": stack.kafka, "clickhouse": stack.clickhouse_url}
+    metrics = f"http://127.0.0.1:{stack.env['K2_EXPORTER_PORT']}/metrics"
+    assert report["endpoints"] == {"kafka": stack.kafka, "clickhouse": stack.clickhouse_url, "metrics": metrics}
     assert {name: c["health"] for name, c in report["components"].items()} == {
         "broker": "healthy",
         "clickhouse": "healthy",
+        "exporter": "healthy",
     }
     assert report["components"]["clickhouse"]["pid"] == stack.pid("clickhouse")
+    with urllib.request.urlopen(metrics, timeout=30) as response:
+        assert "k2_clickhouse_up 1.0" in response.read().decode().splitlines()
 
 
 def test_sql_prints_what_clickhouse_returns_and_honours_format(stack: Stack) -> None:

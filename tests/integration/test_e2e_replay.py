@@ -13,7 +13,7 @@ def test_replayed_captures_reach_silver_and_gold_for_every_exchange(tmp_path: Pa
     with running_stack(tmp_path / "data", "--replay", str(REPO / "captures"), "--speed", "20") as stack:
         report = json.loads(stack.k2("status", "--json").stdout)
         assert {n: c["health"] for n, c in report["components"].items()} == dict.fromkeys(
-            ["broker", "clickhouse", "replay", "handler-binance", "handler-kraken", "handler-coinbase"], "healthy"
+            ["broker", "clickhouse", "exporter", "replay", "handler-binance", "handler-kraken", "handler-coinbase"], "healthy"
         )
         client = stack.client()
 

@@ -66,7 +66,7 @@ def test_kill_mid_stream_then_down_and_up(tmp_path: Path) -> None:
         assert bronze >= TOTAL
 
         stack.k2("down")
-        stack.k2("up", "--detach", "--feeds", "none")
+        stack.k2("up", "--detach", "--feeds", "none", "--no-flows")
         assert _silver(stack, final=True) == expected
         day = (
             stack.client()
