@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from yaml.constructor import ConstructorError
 
 from k2.errors import ConfigError
 
@@ -57,7 +58,7 @@ class Instruments(_Strict):
     def _symbols_match_venue(self) -> Instruments:
         for name, exchange in self.exchanges.items():
             for i, inst in enumerate(exchange.symbols):
-                if not _SYMBOL_PATTERNS[name].match(inst.symbol):
+                if not _SYMBOL_PATTERNS[name].fullmatch(inst.symbol):  # match: "$" lets "BTCUSDT\n" through
                     raise _SymbolError(("exchanges", name, "symbols", i, "symbol"), inst.symbol, name)
         return self
 
@@ -74,16 +75,22 @@ def topic_names(exchange: str) -> tuple[str, str, str]:
     return base, f"{base}.raw", f"{base}.dlq"
 
 
-def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int], seen: set[int]) -> None:
     out[path] = node.start_mark.line + 1
+    # An alias is the node it names: walk each node once, or "&a [*a]" recurses for ever and a few lines
+    # of aliases of aliases ("billion laughs") take hours. A path below an alias falls back to the line of
+    # the key holding it (for a list item, the anchor's line: PyYAML keeps no position for an alias).
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             out[(*path, key.value)] = key.start_mark.line + 1
-            _lines(value, (*path, key.value), out)
+            _lines(value, (*path, key.value), out, seen)
             out[(*path, key.value)] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _lines(item, (*path, i), out)
+            _lines(item, (*path, i), out, seen)
 
 
 def _line_of(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int:
@@ -94,9 +101,10 @@ def _line_of(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]
 
 def _normalize(data: Any) -> Any:
     """Allow the short form ``- BTCUSDT: BTC-USDT`` and ``- BTC-USD`` (canonical = symbol)."""
-    if not isinstance(data, dict):
+    exchanges = data.get("exchanges") if isinstance(data, dict) else None
+    if not isinstance(exchanges, dict):  # validation says what is wrong with it
         return data
-    for exchange in (data.get("exchanges") or {}).values():
+    for exchange in exchanges.values():
         if isinstance(exchange, dict) and isinstance(exchange.get("symbols"), list):
             exchange["symbols"] = [_instrument(item) for item in exchange["symbols"]]
     return data
@@ -111,22 +119,58 @@ def _instrument(item: Any) -> Any:
     return item
 
 
-def load_instruments(path: Path) -> Instruments:
-    """Parse and validate ``path``; any problem raises ConfigError naming file, line and key."""
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose every failure is a YAMLError with a position.
+
+    PyYAML's constructors let ValueError ("!!int x", month 13 in a date, an integer of more than
+    4300 digits), KeyError ("!!bool maybe") and AttributeError ("!!timestamp x") escape, without a line.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise ConstructorError(None, None, f"cannot read {node.tag} value: {exc}", node.start_mark) from exc
+
+
+def _parse(path: Path, raw: bytes) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers) and its data, or ConfigError with the line."""
     try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: instruments file not found") from exc
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from exc
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; position is its index
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{path}:{line}: not valid YAML: {exc}") from exc
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError(f"{path}:{line}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        line = loader.get_mark().line + 1
+        raise ConfigError(f"{path}:{line}: not valid YAML: nested too deeply") from exc
+    finally:
+        loader.dispose()
+
+
+def load_instruments(path: Path) -> Instruments:
+    """Parse and validate ``path``; any problem raises ConfigError naming file, line and key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: instruments file not found") from exc
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"{path}: instruments file cannot be read: {exc.strerror or exc}") from exc
+    node, data = _parse(path, raw)
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:
-        _lines(node, (), lines)
+        _lines(node, (), lines, set())
     try:
         return Instruments.model_validate(_normalize(data))
     except ValidationError as exc:
