@@ -22,7 +22,7 @@ def connect(settings: Settings, **kwargs: Any) -> Any:
         return clickhouse_connect.get_client(
             dsn=settings.clickhouse_url,
             username=settings.clickhouse_user,
-            password=settings.clickhouse_password,
+            password=settings.clickhouse_password.get_secret_value(),
             **kwargs,
         )
     except DriverError as exc:

@@ -23,6 +23,7 @@ LAYERS = ("bronze", "silver", "gold")
 _KIND_ORDER = {"table": 0, "kafka": 1, "materialized_view": 2, "view": 3}
 _KIND = re.compile(r"^\s*CREATE\s+(?P<mv>MATERIALIZED\s+)?(?P<what>TABLE|VIEW)\b", re.I | re.M)
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+_UNSAFE_IN_LITERAL = re.compile(r"['\\\n\r]")
 _KAFKA = re.compile(r"^\s*ENGINE\s*=\s*Kafka\b", re.I | re.M)
 
 _LEDGER = """
@@ -61,7 +62,11 @@ class Migration:
         def fill(match: re.Match[str]) -> str:
             if match.group(1) not in variables:
                 raise MigrationError(f"{self.name}: unknown placeholder ${{{match.group(1)}}}")
-            return variables[match.group(1)]
+            value = variables[match.group(1)]
+            # placeholders sit inside string literals of DDL: a value must not be able to end the literal
+            if _UNSAFE_IN_LITERAL.search(value):
+                raise MigrationError(f"{self.name}: ${{{match.group(1)}}} may not hold a quote, backslash or newline")
+            return value
 
         return _PLACEHOLDER.sub(fill, self.text)
 

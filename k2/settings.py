@@ -2,6 +2,10 @@
 
 Every endpoint defaults to loopback. Production (docker compose) sets the same variables to service
 names; nothing else differs between the two deployments.
+
+Secrets (passwords, keys, and the database URLs that may carry a password) are ``SecretStr``: ``repr``,
+``str``, logs and dumps show ``**********``, and a caller reads one with ``get_secret_value()`` only
+where it hands it to a client.
 """
 
 from __future__ import annotations
@@ -10,13 +14,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from k2.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "redact_url"]
 
 _PREFIX = "K2_"
 _REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +37,7 @@ class Settings(BaseModel):
     kafka_idempotence: bool = Field(default=False, description="on for Redpanda; Tansu lacks it")
     clickhouse_url: str = Field(default="http://127.0.0.1:8123")
     clickhouse_user: str = "default"
-    clickhouse_password: str = ""
+    clickhouse_password: SecretStr = SecretStr("")
     clickhouse_kafka_brokers: str = Field(
         default="", description="brokers as ClickHouse's Kafka engine sees them; empty = kafka_bootstrap"
     )
@@ -44,17 +48,23 @@ class Settings(BaseModel):
     # Iceberg cold tier (offload/, flows/): empty URIs mean "under data_dir" (the embedded layout)
     offload_engine: Literal["pyiceberg", "spark"] = "pyiceberg"
     iceberg_catalog: Literal["sql", "rest"] = Field(default="sql", description="sql: SQLite/Postgres; rest: REST")
-    iceberg_catalog_uri: str = Field(default="", description="SQLAlchemy URL or REST URL; empty = SQLite in data_dir")
+    iceberg_catalog_uri: SecretStr = Field(
+        default=SecretStr(""), description="SQLAlchemy URL (may hold a password) or REST URL; empty = SQLite"
+    )
     iceberg_warehouse: str = Field(default="", description="file:// or s3:// URI; empty = data_dir/iceberg/warehouse")
     iceberg_s3_endpoint: str = ""
     iceberg_s3_access_key_id: str = ""
-    iceberg_s3_secret_access_key: str = ""
+    iceberg_s3_secret_access_key: SecretStr = SecretStr("")
     iceberg_s3_region: str = "us-east-1"
-    offload_state_url: str = Field(default="", description="watermarks + audit log DB; empty = SQLite in data_dir")
+    offload_state_url: SecretStr = Field(
+        default=SecretStr(""), description="watermarks + audit log DB (URL may hold a password); empty = SQLite"
+    )
     offload_safety_buffer_s: float = Field(default=60.0, ge=0, description="rows younger than this wait a run")
     offload_lock_ttl_s: float = Field(default=3600.0, gt=0, description="a crashed run's table lock expires")
     offload_retries: int = Field(default=2, ge=0, description="extra attempts per table before reporting it")
-    iceberg_rest_credential: str = Field(default="", description="client_id:secret for the REST catalog's OAuth")
+    iceberg_rest_credential: SecretStr = Field(
+        default=SecretStr(""), description="client_id:secret for the REST catalog's OAuth"
+    )
     cold_clickhouse: Literal["auto", "none"] = Field(
         default="auto", description="auto: cold.<table> in ClickHouse reads each Iceberg table where it lies"
     )
@@ -77,7 +87,7 @@ class Settings(BaseModel):
 
     @property
     def catalog_uri(self) -> str:
-        return self.iceberg_catalog_uri or f"sqlite:///{self.iceberg_dir / 'catalog.db'}"
+        return self.iceberg_catalog_uri.get_secret_value() or f"sqlite:///{self.iceberg_dir / 'catalog.db'}"
 
     @property
     def warehouse_uri(self) -> str:
@@ -85,7 +95,7 @@ class Settings(BaseModel):
 
     @property
     def state_url(self) -> str:
-        return self.offload_state_url or f"sqlite:///{self.data_dir.resolve() / 'offload.db'}"
+        return self.offload_state_url.get_secret_value() or f"sqlite:///{self.data_dir.resolve() / 'offload.db'}"
 
     @property
     def prefect_api(self) -> str:
@@ -110,6 +120,15 @@ class Settings(BaseModel):
     @property
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap.rsplit(":", 1)[1])
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: a password in it (``scheme://user:password@host``) becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -29,14 +29,14 @@ CATALOG_NAME = "k2"  # Spark's catalog must carry the same name to share a JDBC/
 def catalog_properties(settings: Settings) -> dict[str, str]:
     props = {"uri": settings.catalog_uri, "warehouse": settings.warehouse_uri}
     props["type"] = "rest" if settings.iceberg_catalog == "rest" else "sql"
-    if settings.iceberg_rest_credential:
-        props["credential"] = settings.iceberg_rest_credential
+    if settings.iceberg_rest_credential.get_secret_value():
+        props["credential"] = settings.iceberg_rest_credential.get_secret_value()
         props["oauth2-server-uri"] = f"{settings.catalog_uri.rstrip('/')}/v1/oauth/tokens"
     if settings.iceberg_s3_endpoint:
         props |= {
             "s3.endpoint": settings.iceberg_s3_endpoint,
             "s3.access-key-id": settings.iceberg_s3_access_key_id,
-            "s3.secret-access-key": settings.iceberg_s3_secret_access_key,
+            "s3.secret-access-key": settings.iceberg_s3_secret_access_key.get_secret_value(),
             "s3.region": settings.iceberg_s3_region,
             "s3.path-style-access": "true",
         }
@@ -45,7 +45,7 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
 
 def open_catalog(settings: Settings) -> Catalog:
     """The catalog the settings name; the embedded SQLite catalog and warehouse are created on first use."""
-    if settings.iceberg_catalog == "sql" and not settings.iceberg_catalog_uri:
+    if settings.iceberg_catalog == "sql" and not settings.iceberg_catalog_uri.get_secret_value():
         (settings.iceberg_dir / "warehouse").mkdir(parents=True, exist_ok=True)
     catalog = load_catalog(CATALOG_NAME, **catalog_properties(settings))
     catalog.create_namespace_if_not_exists(NAMESPACE)

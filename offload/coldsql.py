@@ -45,23 +45,22 @@ WHERE ts_event < toStartOfDay(now('UTC')) - INTERVAL {days} DAY
 """
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def table_engine(location: str, settings: Settings) -> str | None:
-    """The ClickHouse engine clause reading the Iceberg table at ``location``; None if it cannot."""
+def table_engine(location: str, settings: Settings) -> tuple[str, dict[str, str]] | None:
+    """The ClickHouse engine clause reading the Iceberg table at ``location`` and the values it binds
+    (``{name:String}`` query parameters: a path, URL or key never becomes SQL text); None if it cannot."""
     parts = urlsplit(location)
     if parts.scheme in ("file", ""):
-        return f"IcebergLocal({_quote(unquote(parts.path))})"
+        return "IcebergLocal({path:String})", {"path": unquote(parts.path)}
     if parts.scheme in ("s3", "s3a") and settings.iceberg_s3_endpoint:
         url = f"{settings.iceberg_s3_endpoint.rstrip('/')}/{parts.netloc}{parts.path.rstrip('/')}/"
-        if settings.clickhouse_s3_collection:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", settings.clickhouse_s3_collection):
-                raise ValueError(f"K2_CLICKHOUSE_S3_COLLECTION {settings.clickhouse_s3_collection!r} is not a name")
-            return f"IcebergS3({settings.clickhouse_s3_collection}, url = {_quote(url)})"
-        key, secret = settings.iceberg_s3_access_key_id, settings.iceberg_s3_secret_access_key
-        return f"IcebergS3({_quote(url)}, {_quote(key)}, {_quote(secret)})"
+        collection = settings.clickhouse_s3_collection
+        if collection:
+            # a named collection is an identifier, which a query parameter cannot stand for: checked instead
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", collection):
+                raise ValueError(f"K2_CLICKHOUSE_S3_COLLECTION {collection!r} is not a name")
+            return f"IcebergS3({collection}, url = {{url:String}})", {"url": url}
+        key, secret = settings.iceberg_s3_access_key_id, settings.iceberg_s3_secret_access_key.get_secret_value()
+        return "IcebergS3({url:String}, {key:String}, {secret:String})", {"url": url, "key": key, "secret": secret}
     return None
 
 
@@ -70,13 +69,15 @@ def expose_cold_table(client: Any, settings: Settings, spec: TableSpec, table: T
     engine = table_engine(table.location(), settings)
     if settings.cold_clickhouse == "none" or engine is None:
         return
+    clause, values = engine
+    name = {"table": spec.name}
     client.command("CREATE DATABASE IF NOT EXISTS cold")
     columns = {str(r[0]) for r in client.query(
-        "SELECT name FROM system.columns WHERE database = 'cold' AND table = {t:String}", parameters={"t": spec.name}
+        "SELECT name FROM system.columns WHERE database = 'cold' AND table = {table:String}", parameters=name
     ).result_rows}  # fmt: skip
     wanted = {f.name for f in table.schema().fields}
     if columns and columns != wanted:
-        client.command(f"DROP TABLE IF EXISTS cold.`{spec.name}`")
-    client.command(f"CREATE TABLE IF NOT EXISTS cold.`{spec.name}` ENGINE = {engine}")
+        client.command("DROP TABLE IF EXISTS cold.{table:Identifier}", parameters=name)
+    client.command(f"CREATE TABLE IF NOT EXISTS cold.{{table:Identifier}} ENGINE = {clause}", parameters=name | values)
     if spec.name == "silver_trades":
         client.command(_SILVER_ALL.format(days=HOT_DAYS_IN_UNION))

@@ -42,7 +42,10 @@ _WINDOW = (
 
 
 def describe(client: Any, source: str) -> list[Column]:
-    rows = client.query(f"DESCRIBE TABLE {source}").result_rows
+    database, _, table = source.rpartition(".")
+    rows = client.query(
+        "DESCRIBE TABLE {database:Identifier}.{table:Identifier}", parameters={"database": database, "table": table}
+    ).result_rows
     return [Column(str(r[0]), str(r[1])) for r in rows if not r[5]]  # r[5]: default_type of ALIAS etc.
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from k2.chclient import connect
-from k2.settings import Settings
+from k2.settings import Settings, redact_url
 from offload.catalog import RUN_ID, WATERMARK, committed_watermark, ensure_table, open_catalog
 from offload.coldsql import expose_cold_table
 from offload.engines.base import Engine
@@ -199,4 +199,9 @@ def offload_all(
 
 
 def describe_settings(settings: Settings) -> dict[str, Any]:
-    return {"catalog": settings.catalog_uri, "warehouse": settings.warehouse_uri, "state": settings.state_url}
+    """Where the cold tier lives, fit to print (passwords in the database URLs redacted)."""
+    return {
+        "catalog": redact_url(settings.catalog_uri),
+        "warehouse": settings.warehouse_uri,
+        "state": redact_url(settings.state_url),
+    }

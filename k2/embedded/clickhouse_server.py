@@ -18,6 +18,7 @@ from pathlib import Path
 from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.http_server import ClickHouseHTTPServer
 from k2.embedded.kafka_engine import KafkaEngine
+from k2.settings import load_settings
 
 __all__ = ["main", "serve"]
 
@@ -63,7 +64,8 @@ def main() -> None:
     # the connection string says: run in the stack's data dir, which holds the Iceberg warehouse.
     data_dir = args.data_dir.resolve()
     os.chdir(data_dir.parent)
-    asyncio.run(serve(data_dir, args.host, args.port, os.environ.get("K2_CLICKHOUSE_PASSWORD", "")))
+    password = load_settings().clickhouse_password.get_secret_value()  # from K2_CLICKHOUSE_PASSWORD, never argv
+    asyncio.run(serve(data_dir, args.host, args.port, password))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ _HTTP_PARAMS = frozenset(
 # INSERT ... FORMAT <name> followed by the data (ClickHouse appends the body to the query parameter).
 _INSERT_FORMAT = re.compile(rb"^\s*(?P<head>INSERT\s+INTO\s+[^;]+?)\s+FORMAT\s+(?P<fmt>\w+)[ \t]*(\r?\n)?", re.I | re.S)
 _FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(?P<fmt>\w+)\s*;?\s*$", re.I)
+_QUERY_STRING = re.compile(r"\?\S*")
 _CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8",
     "JSONEachRow": "application/x-ndjson; charset=UTF-8",
@@ -159,7 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_ctx: ClickHouseHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+        # the query string carries SQL, bound values (an S3 key in cold DDL) and maybe a password: drop it
+        log.debug("%s %s", self.address_string(), _QUERY_STRING.sub("?...", format % args))
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

@@ -99,8 +99,8 @@ def spark_conf(settings: Settings, scratch: Path) -> dict[str, str]:
     packages = [_RUNTIME]
     if settings.iceberg_catalog == "rest":
         conf |= {f"{cat}.type": "rest", f"{cat}.uri": settings.catalog_uri}
-        if settings.iceberg_rest_credential:
-            conf[f"{cat}.credential"] = settings.iceberg_rest_credential
+        if settings.iceberg_rest_credential.get_secret_value():
+            conf[f"{cat}.credential"] = settings.iceberg_rest_credential.get_secret_value()
             conf[f"{cat}.oauth2-server-uri"] = f"{settings.catalog_uri.rstrip('/')}/v1/oauth/tokens"
         if settings.iceberg_s3_endpoint or settings.warehouse_uri.startswith("s3"):
             conf |= {
@@ -112,7 +112,7 @@ def spark_conf(settings: Settings, scratch: Path) -> dict[str, str]:
                 conf[f"{cat}.s3.endpoint"] = settings.iceberg_s3_endpoint
             if settings.iceberg_s3_access_key_id:
                 conf[f"{cat}.s3.access-key-id"] = settings.iceberg_s3_access_key_id
-                conf[f"{cat}.s3.secret-access-key"] = settings.iceberg_s3_secret_access_key
+                conf[f"{cat}.s3.secret-access-key"] = settings.iceberg_s3_secret_access_key.get_secret_value()
         packages.append(_PACKAGES["rest"])
     else:
         url, extra = _jdbc(settings.catalog_uri)

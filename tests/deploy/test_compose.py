@@ -180,11 +180,7 @@ def test_clickhouse_users_by_role_with_passwords_from_env(resolved: tuple[dict[s
     clickhouse_env = config["services"]["clickhouse"]["environment"]
     users = _users()
     assert set(users) == {"default", "k2_ingest", "k2_offload", "k2_grafana", "k2_exporter"}
-    # default: no password and so reachable from loopback only (docker exec), read-only
-    default = users["default"]
-    assert [ip.text for ip in default.find("networks")] == ["::1", "127.0.0.1"]  # type: ignore[union-attr]
-    assert default.findtext("profile") == "readonly"
-    assert default.find("password") is None
+    # default (removed) and each role's privileges: tests/security/test_credentials.py
     grants = {}
     for name, user in users.items():
         if name == "default":
