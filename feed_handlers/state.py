@@ -110,6 +110,10 @@ class TradeState:
                     yield ConfirmedGap(symbol, gap.first, gap.last, gap.after_ns, gap.before_ns)
             state.gaps = [g for g in state.gaps if not (g.reported and g.confirm_at < forget_before)]
 
+    def unconfirmed_gaps(self) -> int:
+        """Open gaps still inside their grace period (not reported yet), over every symbol."""
+        return sum(not g.reported for state in self._symbols.values() for g in state.gaps)
+
     def open_gaps(self, symbol: str) -> list[tuple[int, int]]:
         state = self._symbols.get(symbol)
         return [] if state is None else [(g.first, g.last) for g in state.gaps]

@@ -65,12 +65,23 @@ def _closed(exc: ConnectionClosed) -> TransportClosed:
 
 
 class WebSocketTransport:
-    """websockets client with protocol pings (Binance: pong within 60 s; we ping every 20 s)."""
+    """websockets client with protocol pings (Binance: pong within 60 s; we ping every 20 s).
 
-    def __init__(self, ping_interval_s: float = 20.0, ping_timeout_s: float = 20.0, open_timeout_s: float = 10.0):
+    A peer that stops answering is given up ``ping_timeout_s`` after an unanswered ping, plus at most
+    ``close_timeout_s`` for the closing handshake it will not answer either.
+    """
+
+    def __init__(
+        self,
+        ping_interval_s: float = 20.0,
+        ping_timeout_s: float = 20.0,
+        open_timeout_s: float = 10.0,
+        close_timeout_s: float = 10.0,
+    ):
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         self._open_timeout_s = open_timeout_s
+        self._close_timeout_s = close_timeout_s
 
     async def connect(self, url: str) -> Connection:
         try:
@@ -79,6 +90,7 @@ class WebSocketTransport:
                 ping_interval=self._ping_interval_s,
                 ping_timeout=self._ping_timeout_s,
                 open_timeout=self._open_timeout_s,
+                close_timeout=self._close_timeout_s,
                 max_size=2**24,
                 max_queue=64,
                 compression=None,

@@ -15,6 +15,7 @@ from prefect.futures import wait
 
 from feed_handlers.instruments import EXCHANGES
 from k2.settings import Settings, load_settings
+from offload.catalog import open_catalog
 from offload.engines.base import Engine
 from offload.errors import TableBusyError
 from offload.run import TableResult, make_engine, new_run_id, offload_table
@@ -45,6 +46,7 @@ def iceberg_offload(
     """Offload ``tables`` (default: all) with ``engine`` (default: K2_OFFLOAD_ENGINE)."""
     settings = load_settings()
     specs = select_tables(tuple(EXCHANGES), tables)
+    open_catalog(settings)  # creates the catalog's own tables once, before the parallel tasks race to
     run_id = new_run_id()
     chosen = make_engine(settings, engine)
     state = StateStore(settings.state_url)

@@ -66,6 +66,7 @@ class _Conn:
     session: Session
     lock: asyncio.Lock  # one writer at a time: frames (and Coinbase sequence numbers) stay in order
     pending: list[Out] = field(default_factory=list)  # answers held while the server is silent
+    hung: bool = False  # hang_connections(): nothing is written to it or read from it any more
 
 
 class FakeExchange:
@@ -161,6 +162,9 @@ class FakeExchange:
         """Stop the feed and heartbeats, close every connection (1001) and the listener. Idempotent."""
         tasks, self._tasks = self._tasks, []
         self.pause(0)  # nothing may wait for the end of a silence any more
+        for conn in list(self._conns):
+            if conn.hung:  # it would never answer the closing handshake
+                conn.ws.transport.abort()
         self._feeding.set()
         for task in tasks:
             task.cancel()
@@ -230,6 +234,15 @@ class FakeExchange:
         self._silent_until = time.monotonic() + seconds
         self._silence_changed.set()
         self._silence_changed = asyncio.Event()
+
+    def hang_connections(self) -> None:
+        """The peer hangs on every open connection (a stalled host, a dead route): nothing more is written to
+        them and nothing read from them, so WebSocket protocol pings go unanswered; the socket stays open.
+        New connections are served as usual. Frames the hung connections miss are not ``served``."""
+        for conn in self._conns:
+            conn.hung = True
+            conn.ws.transport.pause_reading()
+        self._notify()
 
     def pause_feed(self) -> None:
         """Hold the capture position: no new trades until ``resume_feed``; heartbeats and acks go on."""
@@ -404,6 +417,8 @@ class FakeExchange:
         While the server is silent, liveness frames are dropped and the rest wait in ``conn.pending`` for the
         next write after the silence (the heartbeat tick flushes them), so the reader never blocks.
         """
+        if conn.hung:
+            return
         if self._silent():
             conn.pending.extend(out for out in outs if not out.liveness)
             return

@@ -63,15 +63,15 @@ def _oracle(trades: list[dict[str, Any]], interval_s: int) -> dict[tuple[str, st
     return out
 
 
-def _gold(client: Any, interval: str) -> dict[tuple[str, str, int], Candle]:
+def gold(client: Any, interval: str, where: str = WHERE) -> dict[tuple[str, str, int], Candle]:
     rows = client.query(
         f"SELECT exchange, canonical_symbol, toUnixTimestamp(bucket), open, high, low, close, volume, "
-        f"quote_volume, trade_count, vwap FROM k2.ohlcv_{interval} WHERE {WHERE}"
+        f"quote_volume, trade_count, vwap FROM k2.ohlcv_{interval} WHERE {where}"
     ).result_rows
     return {(r[0], r[1], r[2]): tuple(r[3:]) for r in rows}  # type: ignore[misc]
 
 
-def _recomputed_from_silver(client: Any, interval_s: int) -> dict[tuple[str, str, int], Candle]:
+def recomputed_from_silver(client: Any, interval_s: int, where: str = WHERE) -> dict[tuple[str, str, int], Candle]:
     rows = client.query(
         f"""
         SELECT exchange, canonical_symbol, toUnixTimestamp(toStartOfInterval(ts_event, INTERVAL {interval_s} SECOND))
@@ -80,7 +80,7 @@ def _recomputed_from_silver(client: Any, interval_s: int) -> dict[tuple[str, str
                argMax(price, (ts_event, trade_id_num)), sum(quantity), sum(quote_volume), count(),
                toDecimal128(toDecimal256(sum(quote_volume), 36) / sum(quantity), 18)
         FROM k2.silver_trades FINAL
-        WHERE {WHERE} AND is_valid
+        WHERE {where} AND is_valid
         GROUP BY exchange, canonical_symbol, b
         """
     ).result_rows
@@ -90,9 +90,9 @@ def _recomputed_from_silver(client: Any, interval_s: int) -> dict[tuple[str, str
 def _check(client: Any, unique: list[dict[str, Any]], when: str) -> None:
     for interval, seconds in INTERVALS_S.items():
         expected = _oracle(unique, seconds)
-        gold = _gold(client, interval)
-        assert gold == expected, f"{interval} gold differs from the Decimal oracle {when}"
-        assert _recomputed_from_silver(client, seconds) == gold, f"{interval} gold != silver FINAL {when}"
+        candles = gold(client, interval)
+        assert candles == expected, f"{interval} gold differs from the Decimal oracle {when}"
+        assert recomputed_from_silver(client, seconds) == candles, f"{interval} gold != silver FINAL {when}"
 
 
 @pytest.mark.parametrize("seed", [20261122])

@@ -669,6 +669,29 @@ def test_pause_feed_holds_the_position_and_resume_continues_it() -> None:
     run(scenario)
 
 
+def test_hang_connections_writes_nothing_answers_no_ping_and_serves_new_connections() -> None:
+    async def scenario() -> None:
+        async with FakeExchange("kraken", lines("kraken"), speed=50.0, loop=True, heartbeat_interval_s=0.05) as ex:
+            async with client(ex.url) as ws:
+                await ws.send(KRAKEN_SUBSCRIBE)
+                await recv_until(ws, is_update)
+                ex.hang_connections()
+                served, released = len(ex.served), sum(map(len, ex.history.values()))
+                pong = await ws.ping()
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(pong), 0.5)
+                assert sum(map(len, ex.history.values())) > released, "the feed went on"
+                assert len(ex.served) == served, "nothing was written to the hung connection"
+                async with client(ex.url) as other:
+                    assert (await recv(other))["channel"] == "status"
+                    assert ex.active == 2, "the hung socket stays open"
+                ws.transport.abort()  # a closing handshake would wait for the hung peer
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 2.0, "stop() does not wait for a hung peer"
+
+    run(scenario)
+
+
 def test_send_raw_reaches_every_client_verbatim() -> None:
     async def scenario() -> None:
         async with kraken_subscribed() as (ex, ws):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -11,7 +14,16 @@ from offload.run import FAULT_POINTS, offload_all
 from offload.state import StateStore
 from offload.tables import TableSpec, select_tables
 from tests.offload.conftest import offload_settings
-from tests.offload.helpers import cold_silver, hot_silver, minutes_ago_ns, publish_trades, watermark_of
+from tests.offload.helpers import (
+    cold_candles,
+    cold_silver,
+    cold_table,
+    hot_candles,
+    hot_silver,
+    minutes_ago_ns,
+    publish_trades,
+    watermark_of,
+)
 from tests.support import REPO, Stack
 
 EXCHANGES = ("binance", "kraken", "coinbase")
@@ -50,8 +62,12 @@ def test_a_crash_at_any_step_then_a_rerun_leaves_no_duplicate_and_no_gap(cold_st
     rerun = offload_all(settings, specs)  # the crashed run's lock is taken over: its process is gone
     assert rerun.ok, rerun.summary()
     cold = cold_silver(settings, f"{symbol[:4]}%")
+    ids = sorted(int(r[2]) for r in cold)
+    print(f"offload crash (os._exit) at {point} of silver_trades, then a rerun: sent=20 stored={len(ids)} "
+          f"lost={len(set(range(1, 21)) - set(ids))} duplicated={len(ids) - len(set(ids))} "
+          f"committed_before_crash={committed > before}")  # fmt: skip
     assert cold == hot_silver(cold_stack, f"{symbol[:4]}%")
-    assert sorted(int(r[2]) for r in cold) == list(range(1, 21))
+    assert ids == list(range(1, 21))
     mirror = StateStore(settings.state_url).watermark("silver_trades")
     assert mirror is not None and mirror.watermark_us == watermark_of(settings, "silver_trades")
 
@@ -86,3 +102,87 @@ def test_a_failing_table_is_retried_reported_and_does_not_stop_the_others(cold_s
     mirror = StateStore(settings.state_url).watermark("bronze_trades_nowhere")
     assert mirror is not None and mirror.failures_total == 1 and "UNKNOWN_TABLE" in (mirror.last_error or "")
     assert sorted(int(r[2]) for r in cold_silver(settings, "OFF-%")) == [1, 2, 3]
+
+
+_STEPPING_RUN = """
+import sys
+from k2.settings import load_settings
+from offload.run import offload_all, set_fault
+from offload.tables import select_tables
+
+settings, specs = load_settings(), select_tables(("binance",), sys.argv[1].split(","))
+set_fault(lambda point, table: print(point, table, flush=True))
+sys.stdin.readline()  # imported and ready: the test says when to run
+print("done", offload_all(settings, specs).ok, flush=True)
+"""
+KILL_TABLES = ["bronze_trades_binance", "silver_trades", "gold_ohlcv_1m"]
+KILLS = 6
+KILL_SEED = 20261107
+
+
+def _stepping_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _STEPPING_RUN, ",".join(KILL_TABLES)], env=env, cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_sigkill_at_random_moments_in_every_layer_then_a_rerun_copies_each_row_once(cold_stack: Stack) -> None:
+    """SIGKILL from outside, a random few milliseconds after a random step of a bronze, silver or gold table
+    (so it lands between the instrumented points too: inside an extract, a data file write, a catalog commit);
+    new trades arrive between the runs; a last clean run must leave cold equal to hot, each row once."""
+    rng = random.Random(KILL_SEED)
+    settings = offload_settings(cold_stack)
+    specs = select_tables(("binance",), KILL_TABLES)
+    env = {**cold_stack.env, "K2_OFFLOAD_SAFETY_BUFFER_S": "0", "K2_OFFLOAD_RETRIES": "0"}
+    steps = [f"{point} {table}" for table in KILL_TABLES for point in FAULT_POINTS]
+    # two kills per layer, at steps drawn at random
+    chosen = [i for layer in range(3) for i in rng.sample(range(4 * layer, 4 * layer + 4), KILLS // 3)]
+    rng.shuffle(chosen)
+    started = time.monotonic()
+    killed: list[str] = []
+    spare = _stepping_run(env)
+    for n, step in enumerate(chosen):
+        publish_trades(cold_stack, "OFK-USDT", 1 + 10 * n, 10, minutes_ago_ns(40 - 3 * n))
+        run, spare = spare, _stepping_run(env)  # the next run imports while this one works
+        assert run.stdin is not None and run.stdout is not None
+        run.stdin.write("go\n")
+        run.stdin.flush()
+        seen = []
+        while (line := run.stdout.readline().strip()) and len(seen) <= step:
+            seen.append(line)
+        time.sleep(rng.uniform(0.0, 0.05))  # the kill's moment: somewhere after that step
+        run.kill()
+        run.wait(timeout=30)
+        run.stdin.close()
+        run.stdout.close()
+        assert seen[-1] == steps[step], f"the run took other steps than expected: {seen}"
+        killed.append(f"{steps[step]}+" if run.returncode == -signal.SIGKILL else f"{steps[step]}(finished first)")
+    spare.kill()
+    spare.wait(timeout=30)
+    for pipe in (spare.stdin, spare.stdout):
+        assert pipe is not None
+        pipe.close()
+
+    rerun = offload_all(settings, specs)
+    assert rerun.ok, rerun.summary()
+    sent = list(range(1, 10 * KILLS + 1))
+    cold = cold_silver(settings, "OFK-%")
+    bronze = sorted(int(r["trade_id"]) for r in cold_table(settings, "bronze_trades_binance").scan().to_arrow().to_pylist()
+                    if r["canonical_symbol"] == "OFK-USDT")  # fmt: skip
+    candles = cold_candles(settings, "1m", "OFK-%")
+    silver_ids = sorted(int(r[2]) for r in cold)
+    print(f"offload SIGKILL x{len(killed)} at {killed}: sent={len(sent)} cold_silver={len(cold)} "
+          f"lost={len(set(sent) - set(silver_ids))} duplicated={len(silver_ids) - len(set(silver_ids))} "
+          f"cold_bronze={len(bronze)} bronze_duplicated={len(bronze) - len(set(bronze))} gold_1m_candles={len(candles)} "
+          f"run={time.monotonic() - started:.1f}s")  # fmt: skip
+
+    assert all(k.endswith("+") for k in killed), killed
+    assert silver_ids == sent
+    assert cold == hot_silver(cold_stack, "OFK-%")
+    assert bronze == sent
+    assert candles == hot_candles(cold_stack, "1m", "OFK-%")
+    assert sum(c[9] for c in candles) == len(sent)
+    mirror = StateStore(settings.state_url).watermarks()
+    assert {w.table_name: w.watermark_us for w in mirror if w.table_name in KILL_TABLES} == {
+        name: watermark_of(settings, name) for name in KILL_TABLES
+    }
