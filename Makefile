@@ -46,3 +46,5 @@ bench: $(STAMP) spark-jars
 	PYTHONPATH=. $(VENV)/bin/python bench/handlers.py --trades 100000 --rate 5000 --seconds 10
 	PYTHONPATH=. $(VENV)/bin/python bench/handler_rss.py --seconds 15
 	PYTHONPATH=. $(VENV)/bin/python bench/cold.py --rows 1000000 --maintenance-rows 10000000
+	PYTHONPATH=. $(VENV)/bin/python bench/faults.py --broker-pause-s 30
+	PYTHONPATH=. $(VENV)/bin/python bench/soak.py --minutes 30 --rate 5000 --offload-every-s 900
