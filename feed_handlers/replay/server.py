@@ -57,7 +57,10 @@ VENUES: Mapping[str, type[ReplayVenue[Any, Any]]] = {
 #: URL path our client uses per venue: ws://host:port + path
 PATHS: Mapping[str, str] = {name: venue.path for name, venue in VENUES.items()}
 
-_HISTORY_PER_SYMBOL = 100_000
+#: trades per symbol the fake's REST API can still serve for a backfill. A venue keeps more, but a
+#: replay looping at thousands of trades/s must not grow without end (100k per symbol held ~1.4 GB
+#: across the shipped captures' 10 symbols): 10k covers a gap of 10k trades of one symbol.
+_HISTORY_PER_SYMBOL = 10_000
 
 
 @dataclass(eq=False)
