@@ -216,8 +216,10 @@ def topic(exchange: str) -> str:
     return f"market.crypto.trades.{exchange}"
 
 
-def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every record on ``topic`` (JSON values), from the beginning to the current end."""
+def read_topic(bootstrap: str, topic: str, containing: bytes = b"") -> list[dict[str, Any]]:
+    """Every record on ``topic`` (JSON values), from the beginning to the current end; with
+    ``containing``, only the records whose raw value holds those bytes (a shared stack's topics also
+    carry other tests' deliberately broken records)."""
 
     async def read() -> list[dict[str, Any]]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
@@ -231,7 +233,7 @@ def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
             while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    out.extend(orjson.loads(r.value) for r in records)
+                    out.extend(orjson.loads(r.value) for r in records if containing in r.value)
             return out
         finally:
             await consumer.stop()

@@ -159,7 +159,11 @@ class Figures:
     stored: int
     lost: int
     lost_keys: frozenset[Key]
+    #: trades inside the handler's first..last stored id of their symbol that it never got (it can count these)
     unseen_keys: frozenset[Key]
+    #: trades lost before the handler's first or after its last trade of their symbol: no id on that side to
+    #: see a gap from (a later trade of the symbol would reveal the ones after)
+    before_first_keys: frozenset[Key]
     duplicated: int  # before FINAL
     duplicated_final: int
     published_twice: int  # on the topic (at-least-once delivery may repeat; silver must not)
@@ -170,7 +174,8 @@ class Figures:
     def line(self) -> str:
         return (f"sent={self.sent} stored={self.stored} lost={self.lost} duplicated={self.duplicated}"
                 f"/{self.duplicated_final} (before/after FINAL) unseen={self.unseen} "
-                f"missing_counted={self.missing_counted:.0f} gaps_counted={self.gaps_counted:.0f}")  # fmt: skip
+                f"missing_counted={self.missing_counted:.0f} gaps_counted={self.gaps_counted:.0f} "
+                f"lost_outside_first_last={len(self.before_first_keys)}")  # fmt: skip
 
 
 def settle(stack: Stack, run: FeedRun) -> Figures:
@@ -179,7 +184,7 @@ def settle(stack: Stack, run: FeedRun) -> Figures:
     venue_of = {c: s for s, c in run.handler.canonical.items()}
     published = [
         (r["symbol"], int(r["trade_id"]))
-        for r in read_topic(stack.kafka, topic(exchange))
+        for r in read_topic(stack.kafka, topic(exchange), containing=f'"canonical_symbol":"{prefix}'.encode())
         if str(r["canonical_symbol"]).startswith(prefix)
     ]
     client = stack.client()
@@ -208,6 +213,8 @@ def settle(stack: Stack, run: FeedRun) -> Figures:
             low, high = min(ids), max(ids)
             unseen |= {(symbol, t.trade_id) for t in run.fake.history.get(symbol, ()) if low <= t.trade_id <= high}
     unseen -= stored
+    span = {sym: (min(i for s, i in stored if s == sym), max(i for s, i in stored if s == sym)) for sym, _ in stored}
+    before_first = {(s, i) for s, i in lost if s not in span or not span[s][0] <= i <= span[s][1]}
     missing_before, gaps_before = run.counted_before
     figures = Figures(
         sent=len(sent),
@@ -215,6 +222,7 @@ def settle(stack: Stack, run: FeedRun) -> Figures:
         lost=len(lost),
         lost_keys=frozenset(lost),
         unseen_keys=frozenset(unseen),
+        before_first_keys=frozenset(before_first),
         duplicated=int(raw_count) - int(raw_unique),
         duplicated_final=len(rows) - len(stored),
         published_twice=len(published) - len(set(published)),
