@@ -79,7 +79,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"k2 {'running' if report['running'] else 'not running'} (data dir {report['data_dir']})")
         for name, comp in report["components"].items():
-            print(f"  {name:<11} {comp['health']:<9} {comp['endpoint']}  pid {comp['pid'] or '-'}")
+            print(f"  {name:<16} {comp['health']:<9} {comp['endpoint']}  pid {comp['pid'] or '-'}")
     return 0 if report["healthy"] else 1
 
 
