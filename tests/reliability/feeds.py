@@ -163,7 +163,7 @@ class Figures:
     unseen_keys: frozenset[Key]
     #: trades lost before the handler's first or after its last trade of their symbol: no id on that side to
     #: see a gap from (a later trade of the symbol would reveal the ones after)
-    before_first_keys: frozenset[Key]
+    outside_span_keys: frozenset[Key]
     duplicated: int  # before FINAL
     duplicated_final: int
     published_twice: int  # on the topic (at-least-once delivery may repeat; silver must not)
@@ -175,7 +175,7 @@ class Figures:
         return (f"sent={self.sent} stored={self.stored} lost={self.lost} duplicated={self.duplicated}"
                 f"/{self.duplicated_final} (before/after FINAL) unseen={self.unseen} "
                 f"missing_counted={self.missing_counted:.0f} gaps_counted={self.gaps_counted:.0f} "
-                f"lost_outside_first_last={len(self.before_first_keys)}")  # fmt: skip
+                f"lost_outside_first_last={len(self.outside_span_keys)}")  # fmt: skip
 
 
 def settle(stack: Stack, run: FeedRun) -> Figures:
@@ -206,15 +206,16 @@ def settle(stack: Stack, run: FeedRun) -> Figures:
     lost = sent - stored
     truncated = [s for s, h in run.fake.history.items() if h.maxlen is not None and len(h) >= h.maxlen]
     assert not truncated, f"the fake's history of {truncated} is capped: the unseen count would be short"
-    unseen = set()
-    for symbol in run.symbols:
-        ids = [i for s, i in stored if s == symbol]
-        if ids:
-            low, high = min(ids), max(ids)
-            unseen |= {(symbol, t.trade_id) for t in run.fake.history.get(symbol, ()) if low <= t.trade_id <= high}
-    unseen -= stored
-    span = {sym: (min(i for s, i in stored if s == sym), max(i for s, i in stored if s == sym)) for sym, _ in stored}
-    before_first = {(s, i) for s, i in lost if s not in span or not span[s][0] <= i <= span[s][1]}
+    span: dict[str, tuple[int, int]] = {}  # symbol -> the handler's first and last stored trade id
+    for symbol, trade_id in stored:
+        low, high = span.get(symbol, (trade_id, trade_id))
+        span[symbol] = (min(low, trade_id), max(high, trade_id))
+    unseen = {
+        (symbol, t.trade_id)
+        for symbol in run.symbols if symbol in span
+        for t in run.fake.history.get(symbol, ()) if span[symbol][0] <= t.trade_id <= span[symbol][1]
+    } - stored  # fmt: skip
+    outside = {(s, i) for s, i in lost if s not in span or not span[s][0] <= i <= span[s][1]}
     missing_before, gaps_before = run.counted_before
     figures = Figures(
         sent=len(sent),
@@ -222,7 +223,7 @@ def settle(stack: Stack, run: FeedRun) -> Figures:
         lost=len(lost),
         lost_keys=frozenset(lost),
         unseen_keys=frozenset(unseen),
-        before_first_keys=frozenset(before_first),
+        outside_span_keys=frozenset(outside),
         duplicated=int(raw_count) - int(raw_unique),
         duplicated_final=len(rows) - len(stored),
         published_twice=len(published) - len(set(published)),

@@ -91,6 +91,6 @@ def test_broker_frozen_then_thawed_loses_and_duplicates_nothing_in_silver(tmp_pa
         assert (f.duplicated, f.duplicated_final) == (0, 0), exchange
         if REPLAYS[exchange]:
             assert not f.lost_keys, (exchange, sorted(f.lost_keys)[:5])
-        assert f.lost_keys <= f.unseen_keys | f.before_first_keys, exchange
+        assert f.lost_keys <= f.unseen_keys | f.outside_span_keys, exchange
         assert f.missing_counted == f.unseen, exchange
     assert outcome.recovered_s < 60
