@@ -32,7 +32,7 @@ def maintain_table(
     chosen = tuple(a for a in ACTIONS if a in actions and a != "audit")
     report = run_maintenance(settings, [spec], chosen, run_id=run_id, engine=engine, options=options)
     for r in report.results:
-        print(f"{r.action:<8} {r.table:<26} {r.status:<7} {r.duration_s:6.2f}s  {r.detail}".rstrip())
+        print(r.line())
     return report
 
 

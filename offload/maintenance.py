@@ -92,6 +92,9 @@ class ActionResult:
     detail: str = ""
     duration_s: float = 0.0
 
+    def line(self) -> str:
+        return f"{self.action:<8} {self.table:<26} {self.status:<7} {self.duration_s:6.2f}s  {self.detail}".rstrip()
+
 
 @dataclass
 class MaintenanceReport:
@@ -107,7 +110,7 @@ class MaintenanceReport:
     def summary(self) -> str:
         lines = [f"maintenance run {self.run_id} (engine {self.engine}): {'ok' if self.ok else 'FAILED'}"]
         for r in self.results:
-            lines.append(f"  {r.action:<8} {r.table:<26} {r.status:<7} {r.duration_s:6.2f}s  {r.detail}".rstrip())
+            lines.append(f"  {r.line()}")
         if self.audit is not None:
             lines.append(self.audit.summary())
         return "\n".join(lines)
