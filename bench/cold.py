@@ -123,8 +123,21 @@ def spark_overrides() -> dict[str, object]:
     return {"spark_jars": values["spark.jars"], "spark_java_library_path": values["java.library.path"]}
 
 
+SILVER = select_tables(EXCHANGES, ["silver_trades"])[0]
+
+
+def silver_table(settings: Settings, name: str = SILVER.name) -> Any:
+    """A cold table ``name`` shaped as ``k2.silver_trades``, created in ``settings``' catalog if absent."""
+    client = connect(settings)
+    try:
+        shape = shape_of(client, SILVER)
+    finally:
+        client.close()
+    return ensure_table(open_catalog(settings), dataclasses.replace(SILVER, name=name), shape)
+
+
 def silver_batch(settings: Settings) -> tuple[pa.Table, float]:
-    spec = select_tables(EXCHANGES, ["silver_trades"])[0]
+    spec = SILVER
     client = connect(settings)
     try:
         shape = shape_of(client, spec)
@@ -137,13 +150,7 @@ def silver_batch(settings: Settings) -> tuple[pa.Table, float]:
 
 
 def commit_into_fresh_table(settings: Settings, engine: Engine, batch: pa.Table, name: str) -> float:
-    spec = dataclasses.replace(select_tables(EXCHANGES, ["silver_trades"])[0], name=name)
-    client = connect(settings)
-    try:
-        shape = shape_of(client, select_tables(EXCHANGES, ["silver_trades"])[0])
-    finally:
-        client.close()
-    table = ensure_table(open_catalog(settings), spec, shape)
+    table = silver_table(settings, name)
     started = time.perf_counter()
     engine.commit(table, batch, {WATERMARK: "0", RUN_ID: "bench"}, None)
     elapsed = time.perf_counter() - started
@@ -199,12 +206,8 @@ def _shifted(batch: pa.Table, day: int) -> pa.Table:
 
 def maintenance(stack: Stack, batch: pa.Table, rows: int) -> dict[str, Any]:
     settings = warehouse(stack, "maintenance")
-    spec = select_tables(EXCHANGES, ["silver_trades"])[0]
-    client = connect(settings)
-    try:
-        table = ensure_table(open_catalog(settings), spec, shape_of(client, spec))
-    finally:
-        client.close()
+    spec = SILVER
+    table = silver_table(settings)
     engine = PyIcebergEngine()
     days, commits = 10, 100
     per_commit = rows // commits
