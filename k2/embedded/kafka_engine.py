@@ -1,9 +1,10 @@
 """The embedded server's stand-in for ClickHouse's Kafka table engine.
 
-For every Kafka table (see :mod:`k2.embedded.kafka_ddl`) a consumer joins the table's consumer group,
-reads its topics and inserts each poll as one block into the table, whose materialized views then
-fire exactly as they do on clickhouse-server. Offsets are committed only after the insert returned,
-so a crash redelivers (at-least-once) and never skips; silver's dedup gate makes redelivery harmless.
+For every Kafka table that a materialized view reads (see :mod:`k2.embedded.kafka_ddl`), a consumer
+(:mod:`k2.embedded.kafka_fetch`) reads its topics from the offsets committed in the table's consumer
+group and inserts each poll as one block into the table, whose materialized views then fire exactly as
+they do on clickhouse-server. Offsets are committed only after the insert returned, so a crash
+redelivers (at-least-once) and never skips; silver's dedup gate makes redelivery harmless.
 
 Parsing follows JSONEachRow through ClickHouse's own ``JSONExtract``: a message that is not a JSON
 object becomes a row with ``_error``/``_raw_message`` set in ``stream`` mode, or stops the consumer
@@ -16,18 +17,18 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any, TypeAlias
 
 import pyarrow as pa
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.kafka_ddl import VIRTUAL_COLUMNS, KafkaTableSpec
+from k2.embedded.kafka_fetch import Fetched, GroupFetcher
 from k2.errors import ClickHouseError
+from k2.gold_repair import repair_gold
 
 __all__ = ["KafkaEngine", "KafkaTableConsumer", "build_block"]
 
@@ -44,7 +45,6 @@ INSERT_ERRORS = Counter(
 )
 LAG = Gauge("k2_consumer_lag", "Messages behind the end of the topic, per Kafka table", ["table"])
 
-_Batch: TypeAlias = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 _UNKNOWN_TABLE = 60
 _BACKOFF_MAX_S = 10.0
 _ARROW_SCHEMA = pa.schema(
@@ -62,29 +62,23 @@ _ARROW_SCHEMA = pa.schema(
 # collapse each block by the target's key once more: silver's gate (LIMIT 1 BY) and gold's GROUP BY
 # already did, and FINAL / the ohlcv views merge at read time whatever reaches the parts.
 _INSERT_SETTINGS = "parallel_view_processing = 1, optimize_on_insert = 0"
-_VALUE = attrgetter("value")
-_KEY = attrgetter("key")
-_OFFSET = attrgetter("offset")
-_TIMESTAMP = attrgetter("timestamp")
 _NOT_OBJECT = "Cannot parse input: expected one JSON object per message (JSONEachRow)"
 
 
-def build_block(batch: _Batch) -> pa.Table:
-    """One polled batch as an Arrow table: the raw values plus everything the virtual columns need."""
-    records = [r for recs in batch.values() for r in recs]
-    # topic and partition are the same for every record of a TopicPartition: repeat them per run
-    topics = pa.array([tp.topic for tp in batch], pa.string()).take(
-        pa.array([i for i, recs in enumerate(batch.values()) for _ in range(len(recs))], pa.int32())
-    )
-    partitions = [tp.partition for tp, recs in batch.items() for _ in range(len(recs))]
+def build_block(fetched: Fetched) -> pa.Table:
+    """One block of fetched messages as an Arrow table: the raw values plus what the virtual columns need."""
+    # topic and partition are the same for every row of a run: repeat them per run
+    run_index = pa.array([i for i, (_, n) in enumerate(fetched.runs) for _ in range(n)], pa.int32())
+    topics = pa.array([tp.topic for tp, _ in fetched.runs], pa.string()).take(run_index)
+    partitions = pa.array([tp.partition for tp, _ in fetched.runs], pa.uint64()).take(run_index)
     return pa.Table.from_arrays(
         [
-            pa.array(list(map(_VALUE, records)), pa.binary()).fill_null(b""),  # None: a tombstone
-            pa.array(list(map(_KEY, records)), pa.binary()).fill_null(b""),
+            pa.array(fetched.values, pa.binary()).fill_null(b""),  # None: a tombstone
+            pa.array(fetched.keys, pa.binary()).fill_null(b""),
             topics,
-            pa.array(partitions, pa.uint64()),
-            pa.array(list(map(_OFFSET, records)), pa.uint64()),
-            pa.array(list(map(_TIMESTAMP, records)), pa.int64()),
+            partitions,
+            pa.array(fetched.offsets, pa.uint64()),
+            pa.array(fetched.timestamps, pa.int64()),
         ],
         schema=_ARROW_SCHEMA,
     )
@@ -138,6 +132,9 @@ class KafkaTableConsumer:
         columns = [tuple(line.split("\t", 1)) for line in rows.splitlines()]
         return _statements(self.spec, [(n, t) for n, t in columns if n not in virtual])
 
+    def _run(self, sql: str, fmt: str, params: Mapping[str, str]) -> bytes:
+        return self._engine.execute(sql, fmt, params=params or None).data
+
     def _insert(self, block: pa.Table) -> None:
         statements = self._statements or self._prepare()
         self._statements = statements
@@ -152,21 +149,19 @@ class KafkaTableConsumer:
         """Consume until cancelled. Broker outages and failed inserts are retried with capped backoff."""
         attempt = 0
         while True:
-            consumer = AIOKafkaConsumer(
-                *self.spec.topics,
-                bootstrap_servers=self.spec.broker_list,
-                group_id=self.spec.group_name,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetcher = GroupFetcher(
+                self.spec.broker_list,
+                self.spec.group_name,
+                self.spec.topics,
                 # the broker may hold a fetch this long when there is little data: bound it by our flush
-                fetch_max_wait_ms=min(100, self.spec.flush_interval_ms),
-                fetch_max_bytes=64 * 1024 * 1024,
+                max_wait_ms=min(100, self.spec.flush_interval_ms),
             )
             try:
-                await consumer.start()
+                await fetcher.start()
                 attempt = 0
-                await self._consume(consumer)
+                # a crash may have torn the last block's MV chain: make gold whole before it is redelivered
+                await asyncio.to_thread(repair_gold, self._run, fetcher.started_at, fetcher.committed_at_ns)
+                await self._consume(fetcher)
                 return
             except KafkaError as exc:
                 attempt += 1
@@ -175,24 +170,22 @@ class KafkaTableConsumer:
                 await asyncio.sleep(delay)
             finally:
                 with contextlib.suppress(KafkaError):
-                    await consumer.stop()
+                    await fetcher.stop()
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        """Poll into a block, insert it, commit it.
+    async def _consume(self, fetcher: GroupFetcher) -> None:
+        """Fetch into a block, insert it, commit it.
 
-        Polling continues while an insert runs (chDB releases the GIL), so a block holds whatever
+        Fetching continues while an insert runs (chDB releases the GIL), so a block holds whatever
         arrived during the previous insert, up to ``kafka_max_block_size``: blocks grow with load and
         stay small (low latency) when the stream is quiet. Inserts and commits stay strictly in order.
         """
         failures = 0
-        pending: _Batch = {}
-        inflight: tuple[asyncio.Task[None], _Batch] | None = None
+        pending = Fetched()
+        inflight: tuple[asyncio.Task[None], Fetched] | None = None
         while True:
-            room = self.spec.max_block_size - sum(len(r) for r in pending.values())
-            if room > 0 and not (inflight is None and pending):
-                polled = await consumer.getmany(timeout_ms=self._poll_timeout_ms(inflight), max_records=room)
-                for tp, records in polled.items():
-                    pending.setdefault(tp, []).extend(records)
+            room = self.spec.max_block_size - len(pending)
+            if room > 0 and not (inflight is None and len(pending)):
+                pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
             if inflight is not None and (inflight[0].done() or room <= 0):
                 task, done = inflight
                 inflight = None
@@ -205,32 +198,28 @@ class KafkaTableConsumer:
                     failures += 1
                     INSERT_ERRORS.labels(self._label).inc()
                     self._statements = None  # the table may have been altered
-                    for tp, records in {**pending, **done}.items():  # redeliver both, in order
-                        consumer.seek(tp, records[0].offset)
-                    pending = {}
+                    for tp, offset in {**pending.first, **done.first}.items():  # redeliver both, in order
+                        fetcher.seek(tp, offset)
+                    pending = Fetched()
                     delay = min(_BACKOFF_MAX_S, 0.1 * 2**failures)
                     log.error("kafka table %s: insert failed (%s); redelivering in %.1fs", self._label, exc, delay)
                     await asyncio.sleep(delay)
                     continue
                 failures = 0
-                ROWS.labels(self._label).inc(sum(len(r) for r in done.values()))
-                await consumer.commit({tp: records[-1].offset + 1 for tp, records in done.items()})
-                self._report_lag(consumer, done)
-            if inflight is None and pending:
+                ROWS.labels(self._label).inc(len(done))
+                await fetcher.commit(done.next)
+                self._report_lag(fetcher, done)
+            if inflight is None and len(pending):
                 block = build_block(pending)
                 inflight = (asyncio.create_task(asyncio.to_thread(self._insert, block)), pending)
-                pending = {}
+                pending = Fetched()
 
-    def _poll_timeout_ms(self, inflight: tuple[asyncio.Task[None], _Batch] | None) -> int:
+    def _poll_timeout_ms(self, inflight: tuple[asyncio.Task[None], Fetched] | None) -> int:
         # While an insert runs, poll briefly so its completion is noticed quickly.
         return 20 if inflight is not None else self.spec.flush_interval_ms
 
-    def _report_lag(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, Any]) -> None:
-        lag = 0
-        for tp, records in batch.items():
-            end = consumer.highwater(tp)
-            if end is not None:
-                lag += max(0, end - (records[-1].offset + 1))
+    def _report_lag(self, fetcher: GroupFetcher, done: Fetched) -> None:
+        lag = sum(max(0, fetcher.highwater.get(tp, end) - end) for tp, end in done.next.items())
         LAG.labels(self._label).set(lag)
 
 
