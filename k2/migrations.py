@@ -1,7 +1,9 @@
 """Applies ``clickhouse/<layer>/<object>.sql`` in dependency order, once each.
 
-Order: layers bronze → silver → gold; inside a layer tables, then Kafka queue tables, then
-materialized views, then views; then by name. Applied files are recorded with a checksum of their
+Order: layers bronze → silver → gold; inside a layer tables, then materialized views, then views;
+then by name. Kafka queue tables and the materialized views that read them come last of all: a Kafka
+table starts consuming as soon as a view reads it, so the whole chain below it (silver, gold) must
+exist by then, or the first blocks would land in bronze only. Applied files are recorded with a checksum of their
 text in ``k2.schema_migrations``: re-running is a no-op and an edited applied file is an error
 (write a new file instead). ``${NAME}`` placeholders are filled from settings at apply time; the
 checksum is of the file as committed, so the same file applies to either deployment.
@@ -25,6 +27,7 @@ _KIND = re.compile(r"^\s*CREATE\s+(?P<mv>MATERIALIZED\s+)?(?P<what>TABLE|VIEW)\b
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 _UNSAFE_IN_LITERAL = re.compile(r"['\\\n\r]")
 _KAFKA = re.compile(r"^\s*ENGINE\s*=\s*Kafka\b", re.I | re.M)
+_CREATED = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.]+)", re.I | re.M)
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS k2.schema_migrations
@@ -84,7 +87,19 @@ def discover(sql_dir: Path) -> list[Migration]:
             found.append((layer_index, _KIND_ORDER[migration.kind], path.name, migration))
     if not found:
         raise MigrationError(f"no migrations found under {sql_dir}")
-    return [m for *_, m in sorted(found, key=lambda t: t[:3])]
+    queues = [m.group(1) for *_, mig in found if mig.kind == "kafka" and (m := _CREATED.search(mig.text))]
+    reads_queue = re.compile(rf"\bFROM\s+(?:{'|'.join(map(re.escape, queues))})\b", re.I) if queues else None
+
+    def consumes(migration: Migration) -> bool:
+        if migration.kind == "kafka":
+            return True
+        return (
+            migration.kind == "materialized_view"
+            and reads_queue is not None
+            and bool(reads_queue.search(migration.text))
+        )
+
+    return [m for *_, m in sorted(found, key=lambda t: (consumes(t[3]), *t[:3]))]
 
 
 def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:

@@ -152,9 +152,14 @@ class ChdbEngine:
             )
 
     def kafka_tables(self) -> list[KafkaTableSpec]:
-        """Kafka tables that exist now, from the specs kept in their comments."""
+        """Kafka tables that stream now, from the specs kept in their comments.
+
+        As on clickhouse-server, a Kafka table streams only while a materialized view reads it: a message
+        consumed with no view attached would be committed and lost.
+        """
         out = self.execute(
-            "SELECT comment FROM system.tables WHERE comment LIKE {marker:String} ORDER BY database, name",
+            "SELECT comment FROM system.tables WHERE comment LIKE {marker:String} AND notEmpty(dependencies_table) "
+            "ORDER BY database, name",
             "JSONCompactEachRow",
             params={"marker": COMMENT_MARKER + "%"},
         ).data

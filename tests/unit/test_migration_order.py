@@ -24,6 +24,24 @@ def test_every_object_is_created_before_it_is_used() -> None:
     assert len(created) == len(set(created))
 
 
+def test_consumption_starts_only_once_every_layer_below_the_queues_exists() -> None:
+    """A Kafka table streams as soon as a view reads it: silver and gold must be there by then."""
+    names = [m.name for m in discover(default_sql_dir())]
+    first_queue = min(i for i, n in enumerate(names) if n.endswith("_trades_queue.sql"))
+    assert names[first_queue:] == [
+        "bronze/binance_trades_queue.sql",
+        "bronze/coinbase_trades_queue.sql",
+        "bronze/kraken_trades_queue.sql",
+        "bronze/binance_trades_queue_errors_mv.sql",
+        "bronze/bronze_trades_binance_mv.sql",
+        "bronze/bronze_trades_coinbase_mv.sql",
+        "bronze/bronze_trades_kraken_mv.sql",
+        "bronze/coinbase_trades_queue_errors_mv.sql",
+        "bronze/kraken_trades_queue_errors_mv.sql",
+    ]
+    assert {"silver/silver_trades_binance_mv.sql", "gold/gold_ohlcv_1d_mv.sql"} <= set(names[:first_queue])
+
+
 def test_file_name_is_the_object_name_and_folder_the_layer() -> None:
     for migration in discover(default_sql_dir()):
         layer, file = migration.name.split("/")
