@@ -180,6 +180,8 @@ def load_instruments(path: Path) -> Instruments:
             cause = err.get("ctx", {}).get("error")
             if isinstance(cause, _SymbolError):
                 loc = cause.loc
-            key = ".".join(str(p) for p in loc) or "(top level)"
+            # a key as written may hold a newline or other control characters: shown escaped, one problem a line
+            key = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) if isinstance(p, str) else str(p)
+                           for p in loc) or "(top level)"  # fmt: skip
             problems.append(f"{path}:{_line_of(lines, loc)}: {key}: {err['msg']}")
         raise ConfigError("\n".join(problems)) from exc
