@@ -20,6 +20,8 @@ import clickhouse_connect
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from k2.embedded.components import tansu_binary, tcp_open
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,6 +71,22 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+@contextmanager
+def tansu_broker() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Tansu broker on a free loopback port: (bootstrap, process); stopped after (resumed first if paused)."""
+    bootstrap = f"127.0.0.1:{free_port()}"
+    url = f"tcp://{bootstrap}"
+    process = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: tcp_open("127.0.0.1", int(bootstrap.rsplit(":", 1)[1])), 30, "broker")
+        yield bootstrap, process
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 from prometheus_client import REGISTRY
@@ -16,22 +15,16 @@ from feed_handlers.instruments import load_instruments, topic_names
 from feed_handlers.publisher import KafkaSink, Publisher
 from feed_handlers.replay import FakeExchange, load_capture
 from feed_handlers.transport import WebSocketTransport
-from k2.embedded.components import tansu_binary, tcp_open
 from k2.topics import ensure_topics
 from tests.integration.test_feed_faults import CAPTURES, FAST, _until
-from tests.support import free_port, read_topic, wait_for
+from tests.support import read_topic, tansu_broker
 
 PAUSE_S = 4.0
 GAUGE = "k2_feed_publish_backpressure"
 
 
 def test_broker_paused_then_resumed_loses_and_duplicates_nothing() -> None:
-    bootstrap = f"127.0.0.1:{free_port()}"
-    url = f"tcp://{bootstrap}"
-    broker = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for(lambda: tcp_open("127.0.0.1", int(bootstrap.rsplit(":", 1)[1])), 30, "broker")
+    with tansu_broker() as (bootstrap, broker):
         asyncio.run(ensure_topics(bootstrap, dict.fromkeys(topic_names("kraken"), 2)))
 
         async def run() -> tuple[list[tuple[str, int]], int, float]:
@@ -62,7 +55,3 @@ def test_broker_paused_then_resumed_loses_and_duplicates_nothing() -> None:
         assert left == 0
         assert len(published) == len(set(published)), "duplicates on the topic"
         assert set(published) == set(served), "published trades differ from what the exchange sent"
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
-        broker.terminate()
-        broker.wait(timeout=10)

@@ -5,17 +5,15 @@ the same group starts after them, another group from the earliest offset)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from k2.embedded.components import tansu_binary, tcp_open
 from k2.embedded.kafka_fetch import Fetched, GroupFetcher
 from k2.topics import ensure_topics
-from tests.support import free_port, wait_for
+from tests.support import tansu_broker
 
 TOPIC = "fetch.test"
 PARTITIONS = 3
@@ -23,18 +21,10 @@ PARTITIONS = 3
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[str]:
-    bootstrap = f"127.0.0.1:{free_port()}"
-    url = f"tcp://{bootstrap}"
-    process = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_for(lambda: tcp_open("127.0.0.1", int(bootstrap.rsplit(":", 1)[1])), 30, "broker")
+    with tansu_broker() as (bootstrap, _):
         asyncio.run(ensure_topics(bootstrap, {TOPIC: PARTITIONS}))
         asyncio.run(_produce(bootstrap, 3000))
         yield bootstrap
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 async def _produce(bootstrap: str, n: int) -> None:
