@@ -80,6 +80,10 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("k2/embedded/kafka_engine.py", "_statements", "extracted"): "tupleElement(j, <int>) per column",
     ("k2/embedded/kafka_engine.py", "_statements", "source"): "a constant subquery of this function",
     ("k2/embedded/kafka_engine.py", "_statements", "where"): "one of two constants",
+    ("k2/gold_repair.py", "repair_gold", "where"): "built by _suspects of {name:Type} placeholders: every value is a parameter",
+    ("k2/gold_repair.py", "repair_gold", "table"): "k2.gold_ohlcv_<level>, the level a GOLD_LEVELS key",
+    ("k2/gold_repair.py", "repair_gold", "bucket"): "toStartOfInterval over a GOLD_LEVELS interval constant",
+    ("k2/gold_repair.py", "repair_gold", "touched"): "a subquery of this function's `where` and `bucket`",
 }  # fmt: skip
 
 
