@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyiceberg.catalog import load_catalog
+from pyiceberg.exceptions import NoSuchNamespaceError, RESTError
 
 from k2.settings import Settings
 from offload.run import offload_all
@@ -31,6 +33,18 @@ def _up(url: str) -> bool:
         return False
 
 
+def _warehouse_ready(s3: str, rest: str) -> bool:
+    """The table bucket answers: weed mini creates it a moment after its catalog starts answering."""
+    catalog = load_catalog("ready", type="rest", uri=rest, warehouse="s3://warehouse/", credential=f"{KEY}:{SECRET}",
+                           **{"oauth2-server-uri": f"{rest}/v1/oauth/tokens", "s3.endpoint": s3,
+                              "s3.access-key-id": KEY, "s3.secret-access-key": SECRET})  # fmt: skip
+    try:
+        catalog.list_namespaces()
+    except (NoSuchNamespaceError, RESTError):  # "table bucket warehouse not found" until it is created
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def s3_rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(S3 endpoint, REST catalog URI) of a SeaweedFS with a table bucket named ``warehouse``."""
@@ -48,7 +62,9 @@ def s3_rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     try:
         wait_for(lambda: _up(f"{rest}/v1/config") or process.poll() is not None, 60, "weed mini")
         assert process.poll() is None, "weed mini exited at start"
-        yield f"http://127.0.0.1:{ports['s3']}", rest
+        s3 = f"http://127.0.0.1:{ports['s3']}"
+        wait_for(lambda: _warehouse_ready(s3, rest), 30, "the warehouse table bucket")
+        yield s3, rest
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
