@@ -192,11 +192,12 @@ class GroupFetcher:
     async def fetch(self, max_records: int, timeout_ms: int | None = None) -> Fetched:
         """At most ``max_records`` messages from the current positions, which then move past them.
 
-        Waits up to ``timeout_ms`` (default: the table's poll wait) for data when there is none.
+        Waits up to ``timeout_ms``, at most the fetcher's ``max_wait_ms``, for data when there is none.
         """
         await self._add_new_partitions()
         out = Fetched()
-        wait_ms = self._max_wait_ms if timeout_ms is None else timeout_ms
+        # the broker answers a held fetch late (Tansu: up to ~75 ms after data arrived): never hold it longer
+        wait_ms = self._max_wait_ms if timeout_ms is None else min(self._max_wait_ms, timeout_ms)
         # ask for about as many bytes as the records wanted: a bigger answer would be decoded in part and refetched
         budget = max(64 * 1024, min(self._max_bytes, int(max_records * self._bytes_per_record * 1.2)))
         requests = []
