@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import clickhouse_connect
@@ -29,10 +30,12 @@ def connect(settings: Settings, **kwargs: Any) -> Any:
         raise ClickHouseError(f"cannot connect to ClickHouse at {settings.clickhouse_url}: {exc}") from exc
 
 
-def raw_query(client: Any, sql: str, fmt: str = "TabSeparated") -> bytes:
-    """What ClickHouse answers to ``sql``, byte for byte (a FORMAT clause in ``sql`` wins over ``fmt``)."""
+def raw_query(client: Any, sql: str, fmt: str = "TabSeparated", parameters: Mapping[str, str] | None = None) -> bytes:
+    """What ClickHouse answers to ``sql``, byte for byte (a FORMAT clause in ``sql`` wins over ``fmt``).
+
+    ``parameters`` fill ``{name:Type}`` placeholders on the server side."""
     has_format = _FORMAT_CLAUSE.search(sql) is not None
     try:
-        return bytes(client.raw_query(sql, fmt=None if has_format else fmt))
+        return bytes(client.raw_query(sql, parameters=dict(parameters or {}), fmt=None if has_format else fmt))
     except DriverError as exc:
         raise ClickHouseError(str(exc)) from exc

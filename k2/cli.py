@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from k2.cli_maintenance import add_commands as add_maintenance_commands
 from k2.embedded.components import Feeds, exchanges_reachable
 from k2.embedded.stack import Stack, status
 from k2.errors import ConfigError, K2Error
+from k2.gold_repair import repair_gold
 from k2.logs import configure as configure_logs
 from k2.migrations import default_sql_dir, migrate
 from k2.settings import Settings, load_settings
@@ -95,6 +98,19 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     sql_dir = args.sql_dir or default_sql_dir()
     applied = migrate(client, sql_dir, {"KAFKA_BROKER_LIST": settings.kafka_brokers_for_clickhouse})
     print(f"applied {len(applied)} migrations" + "".join(f"\n  {name}" for name in applied))
+    return 0
+
+
+def _cmd_repair_gold(settings: Settings, args: argparse.Namespace) -> int:
+    client = chclient.connect(settings)
+    since = args.since if args.since.tzinfo else args.since.replace(tzinfo=UTC)
+    since_ns = int(since.timestamp()) * 1_000_000_000 + since.microsecond * 1000
+
+    def execute(sql: str, fmt: str, params: Mapping[str, str]) -> bytes:
+        return chclient.raw_query(client, sql, fmt, params)
+
+    found = repair_gold(execute, {}, since_ns)
+    print(f"recomputed the gold candles of {found} silver rows inserted since {since.isoformat()}")
     return 0
 
 
@@ -209,6 +225,14 @@ def _parser() -> argparse.ArgumentParser:
     mig = db.add_parser("migrate", help="apply clickhouse/ migrations not applied yet")
     mig.add_argument("--sql-dir", type=Path, help=argparse.SUPPRESS)
     mig.set_defaults(func=_cmd_migrate)
+    repair = db.add_parser(
+        "repair-gold",
+        help="recompute from silver every candle touched by silver rows inserted since a time "
+        "(after a ClickHouse crash tore a materialized-view chain)",
+    )
+    repair.add_argument("--since", type=datetime.fromisoformat, required=True,
+                        help="ISO 8601 time, UTC unless an offset is given, e.g. 2026-11-23T10:00:00")  # fmt: skip
+    repair.set_defaults(func=_cmd_repair_gold)
     add_cold_commands(sub)
     add_maintenance_commands(sub)
     return parser

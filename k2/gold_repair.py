@@ -32,24 +32,30 @@ Execute = Callable[[str, str, Mapping[str, str]], bytes]
 
 
 def _suspects(positions: Mapping[tuple[str, int], int], since_ns: int | None) -> tuple[str, dict[str, str]]:
-    """WHERE clause (and its parameters) for silver rows from offsets at or past ``positions``."""
+    """WHERE clause (and its parameters) for silver rows from offsets at or past ``positions`` (any offset
+    if empty) inserted at or after ``since_ns`` (any time if None)."""
     params: dict[str, str] = {}
-    terms = []
+    offsets = []
     for i, ((topic, partition), offset) in enumerate(sorted(positions.items())):
         params.update({f"t{i}": topic, f"p{i}": str(partition), f"o{i}": str(offset)})
-        terms.append(f"(source_topic = {{t{i}:String}} AND source_partition = {{p{i}:UInt32}} "
-                     f"AND source_offset >= {{o{i}:UInt64}})")  # fmt: skip
-    where = "(" + " OR ".join(terms) + ")"
+        offsets.append(f"(source_topic = {{t{i}:String}} AND source_partition = {{p{i}:UInt32}} "
+                       f"AND source_offset >= {{o{i}:UInt64}})")  # fmt: skip
+    conditions = ["(" + " OR ".join(offsets) + ")"] if offsets else []
     if since_ns is not None:  # a block is inserted after the previous one was committed
         params["since"] = str(since_ns)
-        where = f"ts_ingested >= fromUnixTimestamp64Nano({{since:Int64}}, 'UTC') AND {where}"
-    return where, params
+        conditions.insert(0, "ts_ingested >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')")
+    return " AND ".join(conditions), params
 
 
 def repair_gold(execute: Execute, positions: Mapping[tuple[str, int], int], since_ns: int | None) -> int:
     """Recompute the candles of silver rows read from ``positions`` on (topic, partition) -> next offset
-    to consume, inserted at or after ``since_ns`` (None: any time). Returns the suspect rows found."""
-    if not positions or execute("EXISTS TABLE k2.silver_trades", "TabSeparated", {}).strip() != b"1":
+    to consume, inserted at or after ``since_ns`` (None: any time). Returns the suspect rows found.
+
+    With no positions, every silver row inserted since ``since_ns`` is a suspect: ``k2 db repair-gold``
+    after a clickhouse-server crash, whose Kafka engine has no such repair of its own."""
+    if not positions and since_ns is None:
+        raise ValueError("repair_gold needs offsets or a time to bound the suspects")
+    if execute("EXISTS TABLE k2.silver_trades", "TabSeparated", {}).strip() != b"1":
         return 0
     where, params = _suspects(positions, since_ns)
     found = int(execute(f"SELECT count() FROM k2.silver_trades WHERE {where}", "TabSeparated", params) or b"0")

@@ -4,8 +4,10 @@ recomputed from silver, at every level, and nothing else changes."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from k2.gold_repair import GOLD_LEVELS, repair_gold
 from tests.integration.test_gold_exact import INTERVALS_S, gold, recomputed_from_silver
@@ -16,6 +18,7 @@ N = 600
 
 
 def test_torn_chain_is_recomputed_from_silver_at_every_level(stack: Stack) -> None:
+    before = datetime.now(UTC)
     start = (time.time_ns() // 60_000_000_000 - 90) * 60_000_000_000  # 90 minutes ago, on a minute
     trades = [trade("binance", "TORN-USDT", 7_000_000 + i, f"{100 + i % 13}.5", f"0.{i % 9 + 1}", "buy",
                     start + i * 9_000_000_000) for i in range(N)]  # fmt: skip  # 90 minutes, one every 9 s
@@ -24,14 +27,24 @@ def test_torn_chain_is_recomputed_from_silver_at_every_level(stack: Stack) -> No
     wait_for(lambda: client.command(f"SELECT sum(trade_count) FROM k2.ohlcv_1m WHERE {WHERE}") == N, 60, "gold")
     whole = {level: gold(client, level, WHERE) for level in INTERVALS_S}
 
-    # what a SIGKILL between parts leaves: the 1m and 1h parts of the last third never written
     late = start + 2 * N // 3 * 9_000_000_000
-    for level in ("1m", "1h"):
-        client.command(f"ALTER TABLE k2.gold_ohlcv_{level} DELETE WHERE {WHERE} AND bucket >= "
-                       f"toStartOfInterval(fromUnixTimestamp64Nano({late}), INTERVAL {GOLD_LEVELS[level]}) "
-                       "SETTINGS mutations_sync = 2")  # fmt: skip
-    assert gold(client, "1m", WHERE) != whole["1m"]
-    assert gold(client, "1h", WHERE) != whole["1h"]
+
+    def tear() -> None:  # what a SIGKILL between parts leaves: the 1m and 1h parts of the last third never written
+        for level in ("1m", "1h"):
+            client.command(f"ALTER TABLE k2.gold_ohlcv_{level} DELETE WHERE {WHERE} AND bucket >= "
+                           f"toStartOfInterval(fromUnixTimestamp64Nano({late}), INTERVAL {GOLD_LEVELS[level]}) "
+                           "SETTINGS mutations_sync = 2")  # fmt: skip
+        assert gold(client, "1m", WHERE) != whole["1m"]
+        assert gold(client, "1h", WHERE) != whole["1h"]
+
+    # by hand, as after a clickhouse-server crash: every row inserted since a time
+    tear()
+    printed = stack.k2("db", "repair-gold", "--since", before.isoformat()).stdout
+    assert re.fullmatch(r"recomputed the gold candles of [0-9]+ silver rows inserted since .+\n", printed), printed
+    assert {level: gold(client, level, WHERE) for level in INTERVALS_S} == whole
+
+    # as the embedded Kafka engine does before consuming again
+    tear()
 
     # the uncommitted offsets: those of the last third (the consumer committed the rest)
     first_torn = {
