@@ -110,3 +110,26 @@ def test_committed_offsets_are_the_groups_and_a_new_group_starts_at_the_earliest
     assert not before & after
     assert len(before | after) == 3000
     assert min(offset for _, offset, *_ in _rows(fresh)) == 0
+
+
+def test_a_topic_created_after_the_consumer_started_is_consumed(broker: str) -> None:
+    async def run() -> Fetched:
+        fetcher = GroupFetcher(broker, "fetch-late-topic", ("fetch.late",), max_wait_ms=100)
+        await fetcher.start()
+        try:
+            assert len(await fetcher.fetch(10, 100)) == 0  # no such topic yet
+            await ensure_topics(broker, {"fetch.late": 1})
+            producer = AIOKafkaProducer(bootstrap_servers=broker)
+            await producer.start()
+            await producer.send_and_wait("fetch.late", b'{"late":1}')
+            await producer.stop()
+            got = Fetched()
+            async with asyncio.timeout(15):  # found at the next once-a-second metadata check, not in 5 minutes
+                while not len(got):
+                    got = await fetcher.fetch(10, 100)
+            return got
+        finally:
+            await fetcher.stop()
+
+    got = asyncio.run(run())
+    assert (got.values, got.offsets, [tp.topic for tp, _ in got.runs]) == ([b'{"late":1}'], [0], ["fetch.late"])
