@@ -11,7 +11,9 @@ from tests.support import REPO, running_stack, wait_for
 
 def test_replayed_captures_reach_silver_and_gold_for_every_exchange(tmp_path: Path) -> None:
     with running_stack(tmp_path / "data", "--replay", str(REPO / "captures"), "--speed", "20") as stack:
-        report = json.loads(stack.k2("status", "--json").stdout)
+        result = stack.k2("status", "--json", check=False)
+        report = json.loads(result.stdout)
+        assert result.returncode == 0, report
         assert {n: c["health"] for n, c in report["components"].items()} == dict.fromkeys(
             ["broker", "clickhouse", "exporter", "replay", "handler-binance", "handler-kraken", "handler-coinbase"], "healthy"
         )
