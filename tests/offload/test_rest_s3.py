@@ -15,7 +15,8 @@ import pytest
 from pyiceberg.catalog import load_catalog
 from pyiceberg.exceptions import NoSuchNamespaceError, RESTError
 
-from k2.settings import Settings
+from k2.settings import Settings, load_settings
+from offload.catalog import catalog_properties
 from offload.run import offload_all
 from offload.tables import select_tables
 from tests.offload.conftest import offload_settings
@@ -33,11 +34,18 @@ def _up(url: str) -> bool:
         return False
 
 
+def _cold(s3: str, rest: str) -> dict[str, object]:
+    """The settings that point the offload at this REST catalog and S3."""
+    return dict(
+        iceberg_catalog="rest", iceberg_catalog_uri=rest, iceberg_warehouse="s3://warehouse/",
+        iceberg_s3_endpoint=s3, iceberg_s3_access_key_id=KEY, iceberg_s3_secret_access_key=SECRET,
+        iceberg_rest_credential=f"{KEY}:{SECRET}",
+    )  # fmt: skip
+
+
 def _warehouse_ready(s3: str, rest: str) -> bool:
     """The table bucket answers: weed mini creates it a moment after its catalog starts answering."""
-    catalog = load_catalog("ready", type="rest", uri=rest, warehouse="s3://warehouse/", credential=f"{KEY}:{SECRET}",
-                           **{"oauth2-server-uri": f"{rest}/v1/oauth/tokens", "s3.endpoint": s3,
-                              "s3.access-key-id": KEY, "s3.secret-access-key": SECRET})  # fmt: skip
+    catalog = load_catalog("ready", **catalog_properties(load_settings({}, **_cold(s3, rest))))
     try:
         catalog.list_namespaces()
     except (NoSuchNamespaceError, RESTError):  # "table bucket warehouse not found" until it is created
@@ -78,11 +86,7 @@ def rest_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _settings(stack: Stack, s3: str, rest: str) -> Settings:
-    return offload_settings(
-        stack, iceberg_catalog="rest", iceberg_catalog_uri=rest, iceberg_warehouse="s3://warehouse/",
-        iceberg_s3_endpoint=s3, iceberg_s3_access_key_id=KEY, iceberg_s3_secret_access_key=SECRET,
-        iceberg_rest_credential=f"{KEY}:{SECRET}",
-    )  # fmt: skip
+    return offload_settings(stack, **_cold(s3, rest))
 
 
 @pytest.mark.integration
