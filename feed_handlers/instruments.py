@@ -181,7 +181,7 @@ def load_instruments(path: Path) -> Instruments:
             if isinstance(cause, _SymbolError):
                 loc = cause.loc
             # a key as written may hold a newline or other control characters: shown escaped, one problem a line
-            key = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) if isinstance(p, str) else str(p)
-                           for p in loc) or "(top level)"  # fmt: skip
+            key = ".".join(repr(p) if isinstance(p, str) and not p.isprintable() else str(p) for p in loc)
+            key = key or "(top level)"
             problems.append(f"{path}:{_line_of(lines, loc)}: {key}: {err['msg']}")
         raise ConfigError("\n".join(problems)) from exc
