@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -68,9 +69,8 @@ _NOT_OBJECT = "Cannot parse input: expected one JSON object per message (JSONEac
 def build_block(fetched: Fetched) -> pa.Table:
     """One block of fetched messages as an Arrow table: the raw values plus what the virtual columns need."""
     # topic and partition are the same for every row of a run: repeat them per run
-    run_index = pa.array([i for i, (_, n) in enumerate(fetched.runs) for _ in range(n)], pa.int32())
-    topics = pa.array([tp.topic for tp, _ in fetched.runs], pa.string()).take(run_index)
-    partitions = pa.array([tp.partition for tp, _ in fetched.runs], pa.uint64()).take(run_index)
+    topics = pa.concat_arrays([pa.repeat(pa.scalar(tp.topic, pa.string()), n) for tp, n in fetched.runs])
+    partitions = pa.concat_arrays([pa.repeat(pa.scalar(tp.partition, pa.uint64()), n) for tp, n in fetched.runs])
     return pa.Table.from_arrays(
         [
             pa.array(fetched.values, pa.binary()).fill_null(b""),  # None: a tombstone
@@ -135,7 +135,8 @@ class KafkaTableConsumer:
     def _run(self, sql: str, fmt: str, params: Mapping[str, str]) -> bytes:
         return self._engine.execute(sql, fmt, params=params or None).data
 
-    def _insert(self, block: pa.Table) -> None:
+    def insert(self, block: pa.Table) -> None:
+        """Insert one block (``build_block``) into the table: its materialized views run; no offset is committed."""
         statements = self._statements or self._prepare()
         self._statements = statements
         if self.spec.handle_error_mode == "default":
@@ -177,42 +178,67 @@ class KafkaTableConsumer:
 
         Fetching continues while an insert runs (chDB releases the GIL), so a block holds whatever
         arrived during the previous insert, up to ``kafka_max_block_size``: blocks grow with load and
-        stay small (low latency) when the stream is quiet. Inserts and commits stay strictly in order.
+        stay small (low latency) when the stream is quiet. A full block is built while the insert before
+        it runs and starts as soon as that insert returns, before its offsets are committed, so chDB's
+        thread does not wait for the broker or for Python. Inserts and commits stay strictly in order.
         """
         failures = 0
         pending = Fetched()
+        ready: tuple[pa.Table, Fetched] | None = None  # the next block, built while the insert runs
         inflight: tuple[asyncio.Task[None], Fetched] | None = None
-        while True:
-            room = self.spec.max_block_size - len(pending)
-            if room > 0 and not (inflight is None and len(pending)):
-                pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
-            if inflight is not None and (inflight[0].done() or room <= 0):
-                task, done = inflight
-                inflight = None
-                try:
-                    await task
-                except ClickHouseError as exc:
-                    if exc.code == _UNKNOWN_TABLE:
-                        log.info("kafka table %s was dropped; its consumer stops", self._label)
-                        return
-                    failures += 1
-                    INSERT_ERRORS.labels(self._label).inc()
-                    self._statements = None  # the table may have been altered
-                    for tp, offset in {**pending.first, **done.first}.items():  # redeliver both, in order
-                        fetcher.seek(tp, offset)
-                    pending = Fetched()
-                    delay = min(_BACKOFF_MAX_S, 0.1 * 2**failures)
-                    log.error("kafka table %s: insert failed (%s); redelivering in %.1fs", self._label, exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                failures = 0
-                ROWS.labels(self._label).inc(len(done))
-                await fetcher.commit(done.next)
-                self._report_lag(fetcher, done)
-            if inflight is None and len(pending):
-                block = build_block(pending)
-                inflight = (asyncio.create_task(asyncio.to_thread(self._insert, block)), pending)
-                pending = Fetched()
+        try:
+            while True:
+                room = self.spec.max_block_size - len(pending)
+                if room > 0 and ready is None and not (inflight is None and len(pending)):
+                    pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
+                if ready is None and len(pending) >= self.spec.max_block_size:
+                    ready, pending = (build_block(pending), pending), Fetched()
+                if inflight is not None and (inflight[0].done() or ready is not None):
+                    task, done = inflight
+                    inflight = None
+                    try:
+                        await task
+                    except ClickHouseError as exc:
+                        if exc.code == _UNKNOWN_TABLE:
+                            log.info("kafka table %s was dropped; its consumer stops", self._label)
+                            return
+                        failures += 1
+                        INSERT_ERRORS.labels(self._label).inc()
+                        self._statements = None  # the table may have been altered
+                        later = ready[1].first if ready is not None else {}
+                        for tp, offset in {**pending.first, **later, **done.first}.items():  # redeliver all, in order
+                            fetcher.seek(tp, offset)
+                        ready, pending = None, Fetched()
+                        delay = min(_BACKOFF_MAX_S, 0.1 * 2**failures)
+                        log.error("kafka table %s: insert failed (%s); redelivering in %.1fs", self._label, exc, delay)
+                        await asyncio.sleep(delay)
+                        continue
+                    failures = 0
+                    # Taken before the next insert starts, to the microsecond of silver's ts_ingested: every
+                    # row inserted after this commit is at or after it, which is what repair_gold relies on.
+                    inserted_at_ns = time.time_ns() // 1000 * 1000
+                    inflight, ready, pending = self._start(ready, pending)
+                    ROWS.labels(self._label).inc(len(done))
+                    await fetcher.commit(done.next, inserted_at_ns)
+                    self._report_lag(fetcher, done)
+                if inflight is None:
+                    inflight, ready, pending = self._start(ready, pending)
+        except KafkaError:
+            if inflight is not None:  # let chDB finish it before a new consumer starts; it is redelivered
+                with contextlib.suppress(ClickHouseError):
+                    await inflight[0]
+            raise
+
+    def _start(
+        self, ready: tuple[pa.Table, Fetched] | None, pending: Fetched
+    ) -> tuple[tuple[asyncio.Task[None], Fetched] | None, None, Fetched]:
+        """Start inserting ``ready``, or else whatever is pending; returns (inflight, ready, pending)."""
+        if ready is None:
+            if not len(pending):
+                return None, None, pending
+            ready, pending = (build_block(pending), pending), Fetched()
+        block, fetched = ready
+        return (asyncio.create_task(asyncio.to_thread(self.insert, block)), fetched), None, pending
 
     def _poll_timeout_ms(self, inflight: tuple[asyncio.Task[None], Fetched] | None) -> int:
         # While an insert runs, poll briefly so its completion is noticed quickly.

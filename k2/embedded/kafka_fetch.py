@@ -279,12 +279,17 @@ class GroupFetcher:
                 out.next[tp] = position
         return sized_bytes, sized_rows
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` (the next offset to read, per partition) to the group."""
+    async def commit(self, offsets: dict[TopicPartition, int], inserted_at_ns: int | None = None) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition) to the group.
+
+        ``inserted_at_ns`` (default: now) is kept with them as the time the messages before them were fully
+        inserted; no later block may have started inserting before it (``committed_at_ns``).
+        """
+        at = time.time_ns() if inserted_at_ns is None else inserted_at_ns
         node = await self._coordinator_node()
         request = OffsetCommitRequest(
             self._group, OffsetCommitRequest.DEFAULT_GENERATION_ID, "", OffsetCommitRequest.DEFAULT_RETENTION_TIME,
-            _by_topic(list(offsets), lambda tp: (tp.partition, offsets[tp], f"{_COMMITTED_AT}{time.time_ns()}")),
+            _by_topic(list(offsets), lambda tp: (tp.partition, offsets[tp], f"{_COMMITTED_AT}{at}")),
         )  # fmt: skip
         try:
             response = await self._client.send(node, request)
