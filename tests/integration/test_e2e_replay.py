@@ -15,7 +15,8 @@ def test_replayed_captures_reach_silver_and_gold_for_every_exchange(tmp_path: Pa
         report = json.loads(result.stdout)
         assert result.returncode == 0, report
         assert {n: c["health"] for n, c in report["components"].items()} == dict.fromkeys(
-            ["broker", "clickhouse", "exporter", "replay", "handler-binance", "handler-kraken", "handler-coinbase"], "healthy"
+            ["broker", "clickhouse", "exporter", "replay", "handler-binance", "handler-kraken", "handler-coinbase"],
+            "healthy",
         )
         client = stack.client()
 
