@@ -23,10 +23,13 @@ from pathlib import Path
 
 import clickhouse_connect
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
+from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.components import tansu_binary, tcp_open
-from k2.migrations import default_sql_dir, migrate
+from k2.embedded.kafka_engine import KafkaTableConsumer, build_block
+from k2.embedded.kafka_fetch import Fetched
+from k2.migrations import default_sql_dir, discover, migrate
 from k2.topics import ensure_topics
 from tests.support import free_port, http_ok, wait_for
 
@@ -95,6 +98,40 @@ async def paced(bootstrap: str, rate: int, seconds: float, first_id: int) -> int
     return sent
 
 
+def chain_floor(n: int, block_rows: int = 65_536) -> float:
+    """Rows/s of the embedded ClickHouse's insert chain alone, in this process.
+
+    The blocks the Kafka-table consumer inserts (queue -> bronze -> silver -> gold 1m -> five roll-ups),
+    built from the same records beforehand and inserted one after another: no broker, no fetch, no
+    overlap. What topic -> silver would reach if consuming cost nothing.
+    """
+    now_ns = time.time_ns()
+    blocks = []
+    for first in range(0, n, block_rows):
+        rows = range(first, min(n, first + block_rows))
+        blocks.append(build_block(Fetched(
+            values=[record(i, now_ns + i, now_ns + i) for i in rows], keys=[b"BTCUSDT"] * len(rows),
+            offsets=list(rows), timestamps=[now_ns // 1_000_000] * len(rows), runs=[(TopicPartition(TOPIC, 0), len(rows))],
+        )))  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="k2-bench-chain-") as tmp:
+        engine = ChdbEngine(Path(tmp))
+        try:
+            engine.execute("CREATE DATABASE k2")
+            for migration in discover(default_sql_dir()):
+                engine.execute(migration.render({"KAFKA_BROKER_LIST": "127.0.0.1:9"}))  # never contacted
+            (spec,) = [s for s in engine.kafka_tables() if s.table == "binance_trades_queue"]
+            consumer = KafkaTableConsumer(engine, spec)
+            start = time.perf_counter()
+            for block in blocks:
+                consumer.insert(block)
+            elapsed = time.perf_counter() - start
+            landed = int(engine.execute("SELECT count() FROM k2.silver_trades").data)
+            assert landed == n, f"silver holds {landed} rows, expected {n}"
+        finally:
+            engine.close()
+    return n / elapsed
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
@@ -112,7 +149,13 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=40)
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--chain-floor", action="store_true", help="only time the insert chain in-process")
     args = parser.parse_args()
+    if args.chain_floor:
+        for _ in range(3):
+            print(f"insert chain alone (in-process, {args.trades} rows in blocks of 65,536): "
+                  f"{chain_floor(args.trades):,.0f} rows/s")  # fmt: skip
+        return
 
     work = Path(tempfile.mkdtemp(prefix="k2-bench-"))
     kafka = f"127.0.0.1:{free_port()}"
