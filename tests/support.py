@@ -73,6 +73,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def scraped(metrics_url: str, prefix: str) -> float:
+    """Sum of the samples a Prometheus ``/metrics`` endpoint exposes on lines starting with ``prefix``
+    (a metric name, optionally with the start or all of its labels: ``name{label="value"``)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 @contextmanager
 def tansu_broker() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Tansu broker on a free loopback port: (bootstrap, process); stopped after (resumed first if paused)."""

@@ -7,20 +7,17 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 
-from tests.support import K2, REPO, Stack, free_port, http_ok, read_topic, wait_for
+from tests.support import K2, REPO, Stack, free_port, http_ok, read_topic, scraped, wait_for
 
 CAPTURES = REPO / "captures"
 
 
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+def _metric(port: int, prefix: str) -> float:
+    return scraped(f"http://127.0.0.1:{port}/metrics", prefix)
 
 
 def test_handler_process_reload_publish_and_sigterm(stack: Stack, tmp_path: Path) -> None:

@@ -9,12 +9,10 @@ fetched since. A CHECK constraint on the target table makes one block fail on ev
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 import uuid
 
 from k2.topics import ensure_topics
-from tests.support import Stack, wait_for
+from tests.support import Stack, scraped, wait_for
 
 N = 600
 BAD = 437  # the message the constraint refuses
@@ -22,9 +20,7 @@ BLOCK = 40  # kafka_max_block_size: many blocks, so one is always built behind a
 
 
 def _insert_errors(stack: Stack, table: str) -> float:
-    text = urllib.request.urlopen(stack.clickhouse_url + "/metrics", timeout=5).read().decode()
-    match = re.search(rf'^k2_clickhouse_kafka_insert_errors_total{{table="{table}"}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return scraped(stack.clickhouse_url + "/metrics", f'k2_clickhouse_kafka_insert_errors_total{{table="{table}"}} ')
 
 
 def test_failed_insert_is_redelivered_with_everything_behind_it(stack: Stack) -> None:
