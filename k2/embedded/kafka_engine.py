@@ -63,6 +63,8 @@ _ARROW_SCHEMA = pa.schema(
 # collapse each block by the target's key once more: silver's gate (LIMIT 1 BY) and gold's GROUP BY
 # already did, and FINAL / the ohlcv views merge at read time whatever reaches the parts.
 _INSERT_SETTINGS = "parallel_view_processing = 1, optimize_on_insert = 0"
+#: Least time between two fetches while an insert runs (see KafkaTableConsumer._pace_fetch).
+_INFLIGHT_FETCH_INTERVAL_S = 0.05
 _NOT_OBJECT = "Cannot parse input: expected one JSON object per message (JSONEachRow)"
 
 
@@ -186,10 +188,15 @@ class KafkaTableConsumer:
         pending = Fetched()
         ready: tuple[pa.Table, Fetched] | None = None  # the next block, built while the insert runs
         inflight: tuple[asyncio.Task[None], Fetched] | None = None
+        loop = asyncio.get_running_loop()
+        next_fetch = loop.time()
         try:
             while True:
                 room = self.spec.max_block_size - len(pending)
                 if room > 0 and ready is None and not (inflight is None and len(pending)):
+                    if inflight is not None:
+                        await self._pace_fetch(inflight[0], next_fetch)
+                    next_fetch = loop.time() + _INFLIGHT_FETCH_INTERVAL_S
                     pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
                 if ready is None and len(pending) >= self.spec.max_block_size:
                     ready, pending = (build_block(pending), pending), Fetched()
@@ -239,6 +246,19 @@ class KafkaTableConsumer:
             ready, pending = (build_block(pending), pending), Fetched()
         block, fetched = ready
         return (asyncio.create_task(asyncio.to_thread(self.insert, block)), fetched), None, pending
+
+    @staticmethod
+    async def _pace_fetch(insert: asyncio.Task[None], not_before: float) -> None:
+        """Wait until ``not_before`` (loop time) or until ``insert`` ends, whichever comes first.
+
+        While an insert runs, a fetch returns as soon as anything arrived: at a few thousand messages a
+        second, fetching back to back meant hundreds of tiny fetches per insert, a broker busy answering
+        them (Tansu used most of a core) and Python competing with chDB for the CPU. Paced, a block
+        still collects everything that arrived during the insert before it.
+        """
+        delay = not_before - asyncio.get_running_loop().time()
+        if delay > 0 and not insert.done():
+            await asyncio.wait((insert,), timeout=delay)
 
     def _poll_timeout_ms(self, inflight: tuple[asyncio.Task[None], Fetched] | None) -> int:
         # While an insert runs, poll briefly so its completion is noticed quickly.
