@@ -80,7 +80,8 @@ async def fill(bootstrap: str, n: int) -> float:
 
 
 async def paced(bootstrap: str, rate: int, seconds: float, first_id: int) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    # produced the way the feed handlers produce (KafkaSink): acks=all, 5 ms linger, zstd
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="zstd")
     await producer.start()
     sent = 0
     start = time.monotonic()
@@ -208,7 +209,12 @@ def main() -> None:
         assert gold == args.trades, f"gold 1m counts {gold} trades, expected {args.trades}"
         print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
 
+        paced_cpu = cpu_s(clickhouse.pid), cpu_s(broker.pid), time.perf_counter()
         sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades))
+        paced_wall = time.perf_counter() - paced_cpu[2]
+        print(f"while producing at {args.rate}/s: embedded ClickHouse used "
+              f"{(cpu_s(clickhouse.pid) - paced_cpu[0]) / paced_wall:.0%} of a core, "
+              f"broker {(cpu_s(broker.pid) - paced_cpu[1]) / paced_wall:.0%}")  # fmt: skip
         total = args.trades + sent
         wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= total, 120, "paced trades")
         p50, p99, pmax = client.query(
@@ -217,6 +223,13 @@ def main() -> None:
         ).result_rows[0][0]
         print(f"produce -> visible in silver at {args.rate}/s for {args.seconds:.0f}s ({sent} trades): "
               f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {pmax:.0f} ms")  # fmt: skip
+        windows = client.query(
+            "SELECT intDiv(trade_id_num - {first:UInt64}, {per:UInt64}) AS w, "
+            "quantiles(0.5, 0.99, 1)(dateDiff('microsecond', ts_received, ts_ingested)) / 1000 "
+            "FROM k2.silver_trades WHERE trade_id_num >= {first:UInt64} GROUP BY w ORDER BY w",
+            parameters={"first": 4_000_000_000 + args.trades, "per": args.rate * 5},
+        ).result_rows
+        print("  by 5 s window (p50/p99/max ms): " + ", ".join(f"{q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f}" for _, q in windows))
         rss, peak = rss_mb(clickhouse.pid)
         print(f"embedded ClickHouse RSS at the end: {rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
