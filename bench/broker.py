@@ -1,0 +1,99 @@
+"""Benchmark: the embedded broker's (Tansu, memory storage) CPU as its topic grows.
+
+Produces at a fixed rate the way the feed handlers do (acks=all, 5 ms linger, zstd), once with no
+consumer and once with one consumer group polling every 50 ms, and prints the broker's CPU use every
+``--every`` seconds. With the consumer, Tansu's CPU climbs with the data it holds: each fetch costs it
+time in proportion to what the partition stores, so an embedded stack that runs for long, or holds a
+large backlog, answers fetches ever more slowly. Redpanda (production) has no such cost.
+
+    PYTHONPATH=. .venv/bin/python bench/broker.py --rate 5000 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from k2.embedded.components import tansu_binary, tcp_open
+from k2.topics import ensure_topics
+from tests.support import free_port, wait_for
+
+TOPIC = "bench.broker"
+VALUE = (
+    b'{"exchange":"binance","symbol":"BTCUSDT","trade_id":"4000000000","price":"65000.12000000","quantity":"0.00214"}'
+)
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def poll(bootstrap: str) -> None:
+    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id="bench", auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        while True:
+            await consumer.getmany(timeout_ms=200)
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+
+
+async def produce(bootstrap: str, broker_pid: int, rate: int, seconds: float, every: float, consume: bool) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="zstd")
+    await producer.start()
+    poller = asyncio.create_task(poll(bootstrap)) if consume else None
+    start, sent = time.monotonic(), 0
+    mark = (0.0, cpu_s(broker_pid))
+    samples = []
+    try:
+        while (elapsed := time.monotonic() - start) < seconds:
+            while sent < int(elapsed * rate) + 1:
+                await producer.send(TOPIC, VALUE, key=b"BTCUSDT")
+                sent += 1
+            await asyncio.sleep(0.001)
+            if elapsed - mark[0] >= every:
+                used = cpu_s(broker_pid)
+                samples.append(f"{sent:,} held: {(used - mark[1]) / (elapsed - mark[0]):.0%}")
+                mark = (elapsed, used)
+    finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        await producer.stop()
+    print(f"{'one consumer polling' if consume else 'no consumer'}: broker CPU by messages held: " + ", ".join(samples))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=10.0)
+    args = parser.parse_args()
+    for consume in (False, True):
+        kafka = f"127.0.0.1:{free_port()}"
+        broker = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url", f"tcp://{kafka}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            port = int(kafka.rsplit(":", 1)[1])
+            wait_for(lambda: tcp_open("127.0.0.1", port), 30, "broker")  # noqa: B023 (called here, not later)
+            asyncio.run(ensure_topics(kafka, {TOPIC: 1}))
+            asyncio.run(produce(kafka, broker.pid, args.rate, args.seconds, args.every, consume))
+        finally:
+            broker.terminate()
+            broker.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
