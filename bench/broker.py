@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import subprocess
 import time
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from k2.embedded.components import tansu_binary, tcp_open
 from k2.topics import ensure_topics
-from tests.support import free_port, wait_for
+from tests.support import cpu_seconds, tansu_broker
 
 TOPIC = "bench.broker"
 VALUE = (
@@ -31,15 +27,10 @@ VALUE = (
 )
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def poll(bootstrap: str) -> None:
     consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id="bench", auto_offset_reset="earliest")
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a run shorter than the group join cancels it here
         while True:
             await consumer.getmany(timeout_ms=200)
             await asyncio.sleep(0.05)
@@ -52,7 +43,7 @@ async def produce(bootstrap: str, broker_pid: int, rate: int, seconds: float, ev
     await producer.start()
     poller = asyncio.create_task(poll(bootstrap)) if consume else None
     start, sent = time.monotonic(), 0
-    mark = (0.0, cpu_s(broker_pid))
+    mark = (0.0, cpu_seconds(broker_pid))
     samples = []
     try:
         while (elapsed := time.monotonic() - start) < seconds:
@@ -61,7 +52,7 @@ async def produce(bootstrap: str, broker_pid: int, rate: int, seconds: float, ev
                 sent += 1
             await asyncio.sleep(0.001)
             if elapsed - mark[0] >= every:
-                used = cpu_s(broker_pid)
+                used = cpu_seconds(broker_pid)
                 samples.append(f"{sent:,} held: {(used - mark[1]) / (elapsed - mark[0]):.0%}")
                 mark = (elapsed, used)
     finally:
@@ -80,19 +71,9 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10.0)
     args = parser.parse_args()
     for consume in (False, True):
-        kafka = f"127.0.0.1:{free_port()}"
-        broker = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url", f"tcp://{kafka}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            port = int(kafka.rsplit(":", 1)[1])
-            wait_for(lambda: tcp_open("127.0.0.1", port), 30, "broker")  # noqa: B023 (called here, not later)
+        with tansu_broker() as (kafka, broker):
             asyncio.run(ensure_topics(kafka, {TOPIC: 1}))
             asyncio.run(produce(kafka, broker.pid, args.rate, args.seconds, args.every, consume))
-        finally:
-            broker.terminate()
-            broker.wait(timeout=30)
 
 
 if __name__ == "__main__":

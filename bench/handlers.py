@@ -26,7 +26,6 @@ import asyncio
 import ctypes
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Awaitable, Sequence
 
@@ -37,9 +36,8 @@ from feed_handlers.exchanges import VENUES
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument, topic_names
 from feed_handlers.publisher import KafkaSink, Message, Publisher
-from k2.embedded.components import tansu_binary, tcp_open
 from k2.topics import ensure_topics
-from tests.support import free_port, wait_for
+from tests.support import tansu_broker
 
 CONFIGS = {
     "binance": ExchangeConfig(ws_url="ws://x", channel="trade", partitions=4,
@@ -199,14 +197,8 @@ def main() -> None:
     logging.getLogger("feed_handlers.publisher").setLevel(logging.ERROR)  # "buffer full" is the point here
     keep_heap()
     os.sched_setaffinity(0, {0})  # one core for the handler; the broker gets the other
-    kafka = f"127.0.0.1:{free_port()}"
-    broker = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url", f"tcp://{kafka}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    with tansu_broker() as (kafka, broker):
         os.sched_setaffinity(broker.pid, {1})
-        wait_for(lambda: tcp_open("127.0.0.1", int(kafka.rsplit(":", 1)[1])), 30, "broker")
         for venue in args.venues.split(","):
             asyncio.run(ensure_topics(kafka, dict.fromkeys(topic_names(venue), 4)))
             data = frames(venue, args.trades)
@@ -222,9 +214,6 @@ def main() -> None:
                   f"({100 * best_cpu / top:.0f}%)")  # fmt: skip
             print(f"{venue:8s}: floor (read frame, write record, two zstd batch appends; nothing else) {least:,.0f} "
                   f"trades/s = {100 * least / top:.0f}% of the ceiling; the handler does {100 * best / least:.0f}% of it")  # fmt: skip
-    finally:
-        broker.terminate()
-        broker.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from k2.embedded.kafka_engine import KafkaTableConsumer, build_block
 from k2.embedded.kafka_fetch import Fetched
 from k2.migrations import default_sql_dir, discover, migrate
 from k2.topics import ensure_topics
-from tests.support import free_port, http_ok, wait_for
+from tests.support import cpu_seconds, free_port, http_ok, wait_for
 
 TOPIC = "market.crypto.trades.binance"
 SYMBOLS = [("BTCUSDT", "BTC-USDT"), ("ETHUSDT", "ETH-USDT"), ("SOLUSDT", "SOL-USDT"), ("BNBUSDT", "BNB-USDT")]
@@ -138,12 +137,6 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used (robust to a shared machine, unlike wall time)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trades", type=int, default=1_000_000)
@@ -181,10 +174,10 @@ def main() -> None:
         start = time.perf_counter()
         migrate(client, default_sql_dir(), {"KAFKA_BROKER_LIST": kafka})
         wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") > 0, 600, "first silver rows")
-        cpu_start = cpu_s(clickhouse.pid), cpu_s(broker.pid), time.perf_counter()
+        cpu_start = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
         wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= args.trades, 600, "silver filled")
         wall_s = time.perf_counter() - start
-        ch_cpu, broker_cpu = cpu_s(clickhouse.pid) - cpu_start[0], cpu_s(broker.pid) - cpu_start[1]
+        ch_cpu, broker_cpu = cpu_seconds(clickhouse.pid) - cpu_start[0], cpu_seconds(broker.pid) - cpu_start[1]
         cpu_wall_s = time.perf_counter() - cpu_start[2]
         span_s = (
             float(
@@ -209,12 +202,12 @@ def main() -> None:
         assert gold == args.trades, f"gold 1m counts {gold} trades, expected {args.trades}"
         print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
 
-        paced_cpu = cpu_s(clickhouse.pid), cpu_s(broker.pid), time.perf_counter()
+        paced_cpu = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
         sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades))
         paced_wall = time.perf_counter() - paced_cpu[2]
         print(f"while producing at {args.rate}/s: embedded ClickHouse used "
-              f"{(cpu_s(clickhouse.pid) - paced_cpu[0]) / paced_wall:.0%} of a core, "
-              f"broker {(cpu_s(broker.pid) - paced_cpu[1]) / paced_wall:.0%}")  # fmt: skip
+              f"{(cpu_seconds(clickhouse.pid) - paced_cpu[0]) / paced_wall:.0%} of a core, "
+              f"broker {(cpu_seconds(broker.pid) - paced_cpu[1]) / paced_wall:.0%}")  # fmt: skip
         total = args.trades + sent
         wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= total, 120, "paced trades")
         p50, p99, pmax = client.query(

@@ -81,6 +81,12 @@ def scraped(metrics_url: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (benches: robust to a shared machine, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def tansu_broker() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Tansu broker on a free loopback port: (bootstrap, process); stopped after (resumed first if paused)."""
