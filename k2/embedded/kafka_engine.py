@@ -44,6 +44,7 @@ INSERT_ERRORS = Counter(
     "Failed inserts of a polled block (block redelivered)",
     ["table"],
 )
+FETCHES = Counter("k2_clickhouse_kafka_fetches_total", "Fetch requests made for a Kafka table", ["table"])
 LAG = Gauge("k2_consumer_lag", "Messages behind the end of the topic, per Kafka table", ["table"])
 
 _UNKNOWN_TABLE = 60
@@ -190,6 +191,7 @@ class KafkaTableConsumer:
         inflight: tuple[asyncio.Task[None], Fetched] | None = None
         loop = asyncio.get_running_loop()
         next_fetch = loop.time()
+        fetches = FETCHES.labels(self._label)
         try:
             while True:
                 room = self.spec.max_block_size - len(pending)
@@ -197,6 +199,7 @@ class KafkaTableConsumer:
                     if inflight is not None:
                         await self._pace_fetch(inflight[0], next_fetch)
                     next_fetch = loop.time() + _INFLIGHT_FETCH_INTERVAL_S
+                    fetches.inc()
                     pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
                 if ready is None and len(pending) >= self.spec.max_block_size:
                     ready, pending = (build_block(pending), pending), Fetched()
