@@ -3,7 +3,7 @@
 Produces at a fixed rate the way the feed handlers do (acks=all, 5 ms linger, zstd), once with no
 consumer and once with one consumer group polling every 50 ms, and prints the broker's CPU use every
 ``--every`` seconds. With the consumer, Tansu's CPU climbs with the data it holds: each fetch costs it
-time in proportion to what the partition stores, so an embedded stack that runs for long, or holds a
+more the more it stores, so an embedded stack that runs for long, or holds a
 large backlog, answers fetches ever more slowly. Redpanda (production) has no such cost.
 
     PYTHONPATH=. .venv/bin/python bench/broker.py --rate 5000 --seconds 60
