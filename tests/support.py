@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from k2.embedded.components import tansu_binary, tcp_open
+from k2.topics import ensure_topics
 
 T = TypeVar("T")
 
@@ -128,6 +130,32 @@ class Stack:
     def produce(self, messages: Iterable[tuple[str, bytes | dict[str, Any]]]) -> None:
         """Publish (topic, record) pairs in order, each acknowledged by the broker."""
         asyncio.run(produce(self.kafka, messages))
+
+
+@contextmanager
+def kafka_test_table(stack: Stack, prefix: str, *, sink: str, queue: str, settings: str = "") -> Iterator[str]:
+    """A one-partition topic ``k2test.<name>``, a MergeTree ``k2.<name>_sink (<sink>) ORDER BY id`` and a JSONEachRow
+    Kafka table ``k2.<name>_queue (<queue>)`` reading it with group ``<name>`` and the extra ``settings``
+    (", kafka_..."); yields ``name``. The test creates ``k2.<name>_mv``; all three are dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    client = stack.client()
+    asyncio.run(ensure_topics(stack.kafka, {f"k2test.{name}": 1}))
+    client.command(f"CREATE TABLE k2.{name}_sink ({sink}) ENGINE = MergeTree ORDER BY id")
+    client.command(
+        f"CREATE TABLE k2.{name}_queue ({queue}) ENGINE = Kafka SETTINGS kafka_broker_list = '{stack.kafka}', "
+        f"kafka_topic_list = 'k2test.{name}', kafka_group_name = '{name}', kafka_format = 'JSONEachRow'{settings}"
+    )
+    try:
+        yield name
+    finally:
+        for statement in (f"DROP VIEW IF EXISTS k2.{name}_mv", f"DROP TABLE IF EXISTS k2.{name}_queue",
+                          f"DROP TABLE IF EXISTS k2.{name}_sink"):  # fmt: skip
+            client.command(statement)
+
+
+def kafka_table_metric(stack: Stack, metric: str, name: str) -> float:
+    """The embedded ClickHouse's ``metric`` for the Kafka table ``k2.<name>_queue``."""
+    return scraped(stack.clickhouse_url + "/metrics", f'{metric}{{table="k2.{name}_queue"}} ')
 
 
 async def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | dict[str, Any]]]) -> None:

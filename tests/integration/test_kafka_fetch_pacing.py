@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 from aiokafka import AIOKafkaProducer
 
-from k2.topics import ensure_topics
-from tests.support import Stack, scraped, wait_for
+from tests.support import Stack, kafka_table_metric, kafka_test_table, wait_for
 
 N = 300
 EVERY_S = 0.01
@@ -36,34 +34,21 @@ async def _produce_steadily(bootstrap: str, topic: str) -> None:
         await producer.stop()
 
 
-def _fetches(stack: Stack, table: str) -> float:
-    return scraped(stack.clickhouse_url + "/metrics", f'k2_clickhouse_kafka_fetches_total{{table="{table}"}} ')
-
-
 def test_fetches_are_paced_while_an_insert_runs(stack: Stack) -> None:
-    name = f"pacing_{uuid.uuid4().hex[:8]}"
-    topic = f"k2test.{name}"
     client = stack.client()
-    asyncio.run(ensure_topics(stack.kafka, {topic: 1}))
-    client.command(
-        f"CREATE TABLE k2.{name}_sink (id UInt32, offset UInt64, inserted DateTime64(6) DEFAULT now64(6)) "
-        "ENGINE = MergeTree ORDER BY id"
-    )
-    client.command(
-        f"CREATE TABLE k2.{name}_queue (id UInt32) ENGINE = Kafka SETTINGS "
-        f"kafka_broker_list = '{stack.kafka}', kafka_topic_list = '{topic}', kafka_group_name = '{name}', "
-        "kafka_format = 'JSONEachRow', kafka_flush_interval_ms = 100"
-    )
-    client.command(
-        f"CREATE MATERIALIZED VIEW k2.{name}_mv TO k2.{name}_sink AS SELECT id, _offset AS offset "
-        f"FROM k2.{name}_queue WHERE sleep({INSERT_S}) = 0"  # sleep() runs once per block
-    )
-    try:
+    with kafka_test_table(
+        stack, "pacing", sink="id UInt32, offset UInt64, inserted DateTime64(6) DEFAULT now64(6)", queue="id UInt32",
+        settings=", kafka_flush_interval_ms = 100",
+    ) as name:  # fmt: skip
+        client.command(
+            f"CREATE MATERIALIZED VIEW k2.{name}_mv TO k2.{name}_sink AS SELECT id, _offset AS offset "
+            f"FROM k2.{name}_queue WHERE sleep({INSERT_S}) = 0"  # sleep() runs once per block
+        )
         started = time.monotonic()
-        asyncio.run(_produce_steadily(stack.kafka, topic))
+        asyncio.run(_produce_steadily(stack.kafka, f"k2test.{name}"))
         wait_for(lambda: client.command(f"SELECT count() FROM k2.{name}_sink") >= N, 60, "every message")
         elapsed = time.monotonic() - started
-        fetches = _fetches(stack, f"k2.{name}_queue")
+        fetches = kafka_table_metric(stack, "k2_clickhouse_kafka_fetches_total", name)
         inserts = int(client.command(f"SELECT uniqExact(inserted) FROM k2.{name}_sink"))  # one value per block
 
         rows = client.query(f"SELECT id, offset FROM k2.{name}_sink ORDER BY id").result_rows
@@ -75,7 +60,3 @@ def test_fetches_are_paced_while_an_insert_runs(stack: Stack) -> None:
         assert fetches <= bound, f"{fetches:.0f} fetches in {elapsed:.1f}s for {inserts} inserts (bound {bound:.0f})"
         # and the stream was not all fetched in one go: blocks formed while inserts ran
         assert inserts >= 3, f"only {inserts} blocks"
-    finally:
-        for statement in (f"DROP VIEW IF EXISTS k2.{name}_mv", f"DROP TABLE IF EXISTS k2.{name}_queue",
-                          f"DROP TABLE IF EXISTS k2.{name}_sink"):  # fmt: skip
-            client.command(statement)
