@@ -25,12 +25,11 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from k2.embedded.chdb_engine import ChdbEngine
-from k2.embedded.components import tansu_binary, tcp_open
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block
 from k2.embedded.kafka_fetch import Fetched
 from k2.migrations import default_sql_dir, discover, migrate
 from k2.topics import ensure_topics
-from tests.support import cpu_seconds, free_port, http_ok, wait_for
+from tests.support import cpu_seconds, free_port, http_ok, tansu_broker, wait_for
 
 TOPIC = "market.crypto.trades.binance"
 SYMBOLS = [("BTCUSDT", "BTC-USDT"), ("ETHUSDT", "ETH-USDT"), ("SOLUSDT", "SOL-USDT"), ("BNBUSDT", "BNB-USDT")]
@@ -152,85 +151,86 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="k2-bench-"))
-    kafka = f"127.0.0.1:{free_port()}"
     ch_port = free_port()
-    broker = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", f"tcp://{kafka}", "--advertised-listener-url", f"tcp://{kafka}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     clickhouse = None
-    try:
-        wait_for(lambda: tcp_open("127.0.0.1", int(kafka.rsplit(":", 1)[1])), 30, "broker")
-        asyncio.run(ensure_topics(kafka, {TOPIC: args.partitions}))
-        fill_s = asyncio.run(fill(kafka, args.trades))
-        print(f"filled {TOPIC}: {args.trades} records in {fill_s:.1f}s ({args.trades / fill_s:,.0f} msg/s produced)")
-
-        clickhouse = subprocess.Popen(
-            [sys.executable, "-m", "k2.embedded.clickhouse_server", "--data-dir", str(work / "ch"), "--port", str(ch_port)],
-            stdout=(work / "clickhouse.log").open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{ch_port}/ping"), 60, "embedded ClickHouse")
-        client = clickhouse_connect.get_client(host="127.0.0.1", port=ch_port)
-        start = time.perf_counter()
-        migrate(client, default_sql_dir(), {"KAFKA_BROKER_LIST": kafka})
-        wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") > 0, 600, "first silver rows")
-        cpu_start = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
-        wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= args.trades, 600, "silver filled")
-        wall_s = time.perf_counter() - start
-        ch_cpu, broker_cpu = cpu_seconds(clickhouse.pid) - cpu_start[0], cpu_seconds(broker.pid) - cpu_start[1]
-        cpu_wall_s = time.perf_counter() - cpu_start[2]
-        span_s = (
-            float(
-                client.command(
-                    "SELECT dateDiff('microsecond', min(ts_ingested), max(ts_ingested)) FROM k2.silver_trades"
-                )
+    with tansu_broker() as (kafka, broker):
+        try:
+            asyncio.run(ensure_topics(kafka, {TOPIC: args.partitions}))
+            fill_s = asyncio.run(fill(kafka, args.trades))
+            print(
+                f"filled {TOPIC}: {args.trades} records in {fill_s:.1f}s ({args.trades / fill_s:,.0f} msg/s produced)"
             )
-            / 1e6
-        )
-        rss, peak = rss_mb(clickhouse.pid)
-        print(f"topic -> silver: {args.trades} trades, {args.trades / wall_s:,.0f} rows/s wall clock "
-              f"(schema creation, consumer group join included: {wall_s:.1f}s); "
-              f"{args.trades / span_s:,.0f} rows/s between first and last silver insert ({span_s:.1f}s)")  # fmt: skip
-        first_rows = client.command(
-            "SELECT count() FROM k2.silver_trades WHERE ts_ingested = (SELECT min(ts_ingested) FROM k2.silver_trades)"
-        )
-        rows = args.trades - int(first_rows)
-        print(f"CPU per row after the first silver block: embedded ClickHouse {ch_cpu / rows * 1e6:.1f} us "
-              f"(consumer + MV chain + merges; {ch_cpu / cpu_wall_s:.0%} of a core), "
-              f"broker {broker_cpu / rows * 1e6:.1f} us")  # fmt: skip
-        gold = client.command("SELECT sum(trade_count) FROM k2.ohlcv_1m")
-        assert gold == args.trades, f"gold 1m counts {gold} trades, expected {args.trades}"
-        print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
 
-        paced_cpu = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
-        sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades))
-        paced_wall = time.perf_counter() - paced_cpu[2]
-        print(f"while producing at {args.rate}/s: embedded ClickHouse used "
-              f"{(cpu_seconds(clickhouse.pid) - paced_cpu[0]) / paced_wall:.0%} of a core, "
-              f"broker {(cpu_seconds(broker.pid) - paced_cpu[1]) / paced_wall:.0%}")  # fmt: skip
-        total = args.trades + sent
-        wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= total, 120, "paced trades")
-        p50, p99, pmax = client.query(
-            "SELECT quantiles(0.5, 0.99, 1)(dateDiff('microsecond', ts_received, ts_ingested)) / 1000 "
-            f"FROM k2.silver_trades WHERE trade_id_num >= {4_000_000_000 + args.trades}"
-        ).result_rows[0][0]
-        print(f"produce -> visible in silver at {args.rate}/s for {args.seconds:.0f}s ({sent} trades): "
-              f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {pmax:.0f} ms")  # fmt: skip
-        windows = client.query(
-            "SELECT intDiv(trade_id_num - {first:UInt64}, {per:UInt64}) AS w, "
-            "quantiles(0.5, 0.99, 1)(dateDiff('microsecond', ts_received, ts_ingested)) / 1000 "
-            "FROM k2.silver_trades WHERE trade_id_num >= {first:UInt64} GROUP BY w ORDER BY w",
-            parameters={"first": 4_000_000_000 + args.trades, "per": args.rate * 5},
-        ).result_rows
-        print("  by 5 s window (p50/p99/max ms): " + ", ".join(f"{q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f}" for _, q in windows))
-        rss, peak = rss_mb(clickhouse.pid)
-        print(f"embedded ClickHouse RSS at the end: {rss:.0f} MB (peak {peak:.0f} MB)")
-    finally:
-        for process in (clickhouse, broker):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
+            clickhouse = subprocess.Popen(
+                [sys.executable, "-m", "k2.embedded.clickhouse_server", "--data-dir", str(work / "ch"), "--port", str(ch_port)],
+                stdout=(work / "clickhouse.log").open("wb"), stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            wait_for(lambda: http_ok(f"http://127.0.0.1:{ch_port}/ping"), 60, "embedded ClickHouse")
+            client = clickhouse_connect.get_client(host="127.0.0.1", port=ch_port)
+            start = time.perf_counter()
+            migrate(client, default_sql_dir(), {"KAFKA_BROKER_LIST": kafka})
+            wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") > 0, 600, "first silver rows")
+            cpu_start = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
+            wait_for(
+                lambda: client.command("SELECT count() FROM k2.silver_trades") >= args.trades, 600, "silver filled"
+            )
+            wall_s = time.perf_counter() - start
+            ch_cpu, broker_cpu = cpu_seconds(clickhouse.pid) - cpu_start[0], cpu_seconds(broker.pid) - cpu_start[1]
+            cpu_wall_s = time.perf_counter() - cpu_start[2]
+            span_s = (
+                float(
+                    client.command(
+                        "SELECT dateDiff('microsecond', min(ts_ingested), max(ts_ingested)) FROM k2.silver_trades"
+                    )
+                )
+                / 1e6
+            )
+            rss, peak = rss_mb(clickhouse.pid)
+            print(f"topic -> silver: {args.trades} trades, {args.trades / wall_s:,.0f} rows/s wall clock "
+                  f"(schema creation, consumer group join included: {wall_s:.1f}s); "
+                  f"{args.trades / span_s:,.0f} rows/s between first and last silver insert ({span_s:.1f}s)")  # fmt: skip
+            first_rows = client.command(
+                "SELECT count() FROM k2.silver_trades WHERE ts_ingested = (SELECT min(ts_ingested) FROM k2.silver_trades)"
+            )
+            rows = args.trades - int(first_rows)
+            print(f"CPU per row after the first silver block: embedded ClickHouse {ch_cpu / rows * 1e6:.1f} us "
+                  f"(consumer + MV chain + merges; {ch_cpu / cpu_wall_s:.0%} of a core), "
+                  f"broker {broker_cpu / rows * 1e6:.1f} us")  # fmt: skip
+            gold = client.command("SELECT sum(trade_count) FROM k2.ohlcv_1m")
+            assert gold == args.trades, f"gold 1m counts {gold} trades, expected {args.trades}"
+            print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
+
+            paced_cpu = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
+            sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades))
+            paced_wall = time.perf_counter() - paced_cpu[2]
+            print(f"while producing at {args.rate}/s: embedded ClickHouse used "
+                  f"{(cpu_seconds(clickhouse.pid) - paced_cpu[0]) / paced_wall:.0%} of a core, "
+                  f"broker {(cpu_seconds(broker.pid) - paced_cpu[1]) / paced_wall:.0%}")  # fmt: skip
+            total = args.trades + sent
+            wait_for(lambda: client.command("SELECT count() FROM k2.silver_trades") >= total, 120, "paced trades")
+            p50, p99, pmax = client.query(
+                "SELECT quantiles(0.5, 0.99, 1)(dateDiff('microsecond', ts_received, ts_ingested)) / 1000 "
+                f"FROM k2.silver_trades WHERE trade_id_num >= {4_000_000_000 + args.trades}"
+            ).result_rows[0][0]
+            print(f"produce -> visible in silver at {args.rate}/s for {args.seconds:.0f}s ({sent} trades): "
+                  f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {pmax:.0f} ms")  # fmt: skip
+            windows = client.query(
+                "SELECT intDiv(trade_id_num - {first:UInt64}, {per:UInt64}) AS w, "
+                "quantiles(0.5, 0.99, 1)(dateDiff('microsecond', ts_received, ts_ingested)) / 1000 "
+                "FROM k2.silver_trades WHERE trade_id_num >= {first:UInt64} GROUP BY w ORDER BY w",
+                parameters={"first": 4_000_000_000 + args.trades, "per": args.rate * 5},
+            ).result_rows
+            print(
+                "  by 5 s window (p50/p99/max ms): "
+                + ", ".join(f"{q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f}" for _, q in windows)
+            )
+            rss, peak = rss_mb(clickhouse.pid)
+            print(f"embedded ClickHouse RSS at the end: {rss:.0f} MB (peak {peak:.0f} MB)")
+        finally:
+            if clickhouse is not None:
+                clickhouse.terminate()
+                clickhouse.wait(timeout=30)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
