@@ -202,7 +202,7 @@ class KafkaTableConsumer:
                     fetches.inc()
                     pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
                 if ready is None and len(pending) >= self.spec.max_block_size:
-                    ready, pending = (build_block(pending), pending), Fetched()
+                    ready, pending = self._seal(pending)
                 if inflight is not None and (inflight[0].done() or ready is not None):
                     task, done = inflight
                     inflight = None
@@ -246,9 +246,14 @@ class KafkaTableConsumer:
         if ready is None:
             if not len(pending):
                 return None, None, pending
-            ready, pending = (build_block(pending), pending), Fetched()
+            ready, pending = self._seal(pending)
         block, fetched = ready
         return (asyncio.create_task(asyncio.to_thread(self.insert, block)), fetched), None, pending
+
+    @staticmethod
+    def _seal(pending: Fetched) -> tuple[tuple[pa.Table, Fetched], Fetched]:
+        """Build ``pending`` into a block: (the block with what it holds, a new empty pending)."""
+        return (build_block(pending), pending), Fetched()
 
     @staticmethod
     async def _pace_fetch(insert: asyncio.Task[None], not_before: float) -> None:
