@@ -33,6 +33,7 @@ import orjson
 from aiokafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
 
 from feed_handlers.exchanges import VENUES
+from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument, topic_names
 from feed_handlers.publisher import KafkaSink, Message, Publisher
@@ -196,6 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("feed_handlers.publisher").setLevel(logging.ERROR)  # "buffer full" is the point here
     keep_heap()
+    tune_gc()  # as `k2 handler` does
     os.sched_setaffinity(0, {0})  # one core for the handler; the broker gets the other
     with tansu_broker() as (kafka, broker):
         os.sched_setaffinity(broker.pid, {1})

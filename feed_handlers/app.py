@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.health import HealthServer
 from feed_handlers.instruments import EXCHANGES, load_instruments, topic_names
@@ -76,6 +77,7 @@ async def run_handler(
 
     health = HealthServer(metrics_host, metrics_port or default_metrics_port(settings, exchange), status)
     await health.start()
+    tune_gc()
     log.info("feed handler up", extra={"exchange": exchange, "metrics_port": health.port, "brokers": brokers})
     try:
         await handler.run()
