@@ -23,7 +23,7 @@ from feed_handlers.errors import ParseError
 from feed_handlers.exchanges import VENUES, Venue
 from feed_handlers.instruments import ExchangeConfig, load_instruments, topic_names
 from feed_handlers.metrics import BACKFILLED, DEAD_LETTERS, GAPS, MISSING, PARSE_ERRORS
-from feed_handlers.publisher import Message, Publisher
+from feed_handlers.publisher import NO_HEADERS, Message, Publisher, new_message
 from feed_handlers.records import TradeRecord
 from feed_handlers.runner import Runner, RunnerSettings
 from feed_handlers.state import ConfirmedGap, TradeState
@@ -110,7 +110,7 @@ class FeedHandler:
             ))  # fmt: skip
             return False
         # The frame's messages go to the buffer together, the verbatim frame first.
-        messages = [Message(self.raw_topic, self._key, raw, (("ts_received_ns", received),))]
+        messages = [new_message((self.raw_topic, self._key, raw, [("ts_received_ns", received)], 0))]
         frames = self.stats.frames
         frames[result.kind] = frames.get(result.kind, 0) + 1
         if result.sequence_num is not None:
@@ -134,7 +134,7 @@ class FeedHandler:
             if verdict.opened_gap:
                 self._log.info("trade id jump: %d ids not seen yet", verdict.opened_gap,
                                extra={"symbol": symbol, "trade_id": trade.trade_id})  # fmt: skip
-            out.append(Message(topic, symbol.encode(), trade.to_json(), (), trade.ts_received_ns))
+            out.append(new_message((topic, symbol.encode(), trade.to_json(), NO_HEADERS, trade.ts_received_ns)))
             stats.trades[symbol] = stats.trades.get(symbol, 0) + 1
             stats.last_trade_ns[symbol] = trade.ts_event_ns
 

@@ -22,20 +22,31 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from feed_handlers.metrics import BACKPRESSURE, BUFFERED, PUBLISH_ERRORS, HotStats
 
-__all__ = ["KafkaSink", "Message", "Publisher", "Sink"]
+__all__ = ["NO_HEADERS", "KafkaSink", "Message", "Publisher", "Sink", "new_message"]
 
 log = logging.getLogger(__name__)
 
 
 class Message(NamedTuple):
-    """One Kafka message. A NamedTuple, not a dataclass: two are built per trade, and a tuple of atoms is
-    cheap to build and leaves the garbage collector's tracked set once it survives a collection."""
+    """One Kafka message. A NamedTuple, not a dataclass: two are built per trade, and a tuple is cheap to
+    build (the hot paths use ``new_message``, which skips the keyword-handling constructor)."""
 
     topic: str
     key: bytes | None
     value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
+    # Header lists go to the record-batch builder as they are (it takes lists only). Sequences are accepted
+    # and copied into a list when sent.
+    headers: Sequence[tuple[str, bytes]] = ()
     received_ns: int = 0  # frame receive time: produce latency is measured from it (0: not measured)
+
+
+def new_message(fields: tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]], int]) -> Message:
+    """``Message(*fields)`` at half the cost (no argument binding): two are built per trade."""
+    return tuple.__new__(Message, fields)
+
+
+#: The header list of a message without headers, shared: never mutate it.
+NO_HEADERS: list[tuple[str, bytes]] = []
 
 
 Delivery = Awaitable[list[BaseException | None]]
@@ -134,7 +145,9 @@ class KafkaSink:
                 taken = 0
                 for i in indexes[start:] if start else indexes:
                     m = messages[i]
-                    headers = list(m.headers) if m.headers else []  # the C builder takes a list only
+                    headers = m.headers
+                    if type(headers) is not list:  # the C builder takes a list only
+                        headers = list(headers)
                     if append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
                         break
                     taken += 1
@@ -273,9 +286,10 @@ class Publisher:
         inflight: deque[tuple[list[Message], Delivery]] = deque()
         observe = self.stats.observe_acked
         buffered = BUFFERED.labels(self._exchange)
+        popleft = self._buffer.popleft
         while True:
             if self._buffer and len(inflight) < self._window:
-                batch = [self._buffer.popleft() for _ in range(min(self._batch, len(self._buffer)))]
+                batch = [popleft() for _ in range(min(self._batch, len(self._buffer)))]
                 self._has_room.set()
                 inflight.append((batch, await self._sink.submit(batch)))
                 continue

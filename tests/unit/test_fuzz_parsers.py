@@ -136,7 +136,7 @@ def check_frame(loop: asyncio.Runner, venue: str, frame: bytes | str) -> str:
     for message in handled.messages:
         by_topic[message.topic].append(message)  # KeyError: a topic nobody reads
     raws, dlq, trades = by_topic[raw_topic], by_topic[dlq_topic], by_topic[topic]
-    assert [(m.value, m.headers) for m in raws] == [(handled.raw, (("ts_received_ns", str(RECEIVED).encode()),))]
+    assert [(m.value, list(m.headers)) for m in raws] == [(handled.raw, [("ts_received_ns", str(RECEIVED).encode())])]
     if dlq:
         (dead,) = dlq
         assert dead.value == handled.raw

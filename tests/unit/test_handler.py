@@ -76,7 +76,7 @@ def test_coinbase_snapshot_then_updates_publish_each_trade_once_in_order() -> No
         assert mine == sorted(mine)
     raw = [m for m in messages if m.topic == "market.crypto.trades.coinbase.raw"]
     assert [m.value for m in raw] == frames + frames
-    assert raw[0].headers == (("ts_received_ns", b"1000000"),)
+    assert list(raw[0].headers) == [("ts_received_ns", b"1000000")]
     first = trades[0]
     assert first["side"] == ("buy" if first["maker_side"] == "SELL" else "sell")
     assert all(m.key == str(t["symbol"]).encode() for m, t in zip(
