@@ -119,7 +119,8 @@ class FeedHandler:
             self._log.error("venue error: %s", result.error, extra={"req_id": result.req_id})
         if result.trades:
             self._accept(result.trades, messages)
-        await self._publisher.publish_many(messages)
+        if not self._publisher.offer(messages):  # full: wait for room (backpressure)
+            await self._publisher.publish_many(messages)
         return result.kind == "shutdown"
 
     def _accept(self, trades: tuple[TradeRecord, ...], out: list[Message]) -> None:

@@ -238,12 +238,20 @@ class Publisher:
         The bound is checked before a frame's messages go in, so the buffer holds at most
         ``max_buffered`` plus one frame's messages.
         """
-        if len(self._buffer) >= self._max:
+        if not self.offer(messages):
             await self._wait_for_room()
+            self.offer(messages)
+
+    def offer(self, messages: Sequence[Message]) -> bool:
+        """``publish_many`` without waiting: buffer ``messages`` and return True, or return False (nothing
+        buffered) when the buffer is full. The hot path's way in: no coroutine per frame."""
+        if len(self._buffer) >= self._max:
+            return False
         self._buffer.extend(messages)
         if self._idle.is_set():
             self._idle.clear()
             self._has_data.set()
+        return True
 
     async def _wait_for_room(self) -> None:
         full_since = time.monotonic()
