@@ -8,9 +8,10 @@ import logging
 from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.health import HealthServer
-from feed_handlers.instruments import EXCHANGES, load_instruments, topic_names
+from feed_handlers.instruments import EXCHANGES, ExchangeConfig, load_instruments, topic_names
 from feed_handlers.publisher import KafkaSink, Publisher
-from feed_handlers.recovery import recover_last_ids
+from feed_handlers.recovery import recover_last_trades
+from feed_handlers.state import LastTrade
 from feed_handlers.transport import WebSocketTransport
 from k2.errors import ConfigError
 from k2.settings import Settings
@@ -26,9 +27,12 @@ def default_metrics_port(settings: Settings, exchange: str) -> int:
     return settings.handler_metrics_port_base + EXCHANGES.index(exchange)
 
 
-async def _last_ids(bootstrap: str, topic: str) -> dict[str, int]:
+async def _last_trades(bootstrap: str, topic: str, config: ExchangeConfig) -> dict[str, LastTrade]:
+    symbols = [i.symbol for i in config.symbols]
     try:
-        return await asyncio.wait_for(recover_last_ids(bootstrap, topic), _RECOVERY_TIMEOUT_S)
+        return await asyncio.wait_for(
+            recover_last_trades(bootstrap, topic, symbols, stream_type=config.channel), _RECOVERY_TIMEOUT_S
+        )
     except (TimeoutError, OSError, Exception) as exc:
         log.warning("could not recover last trade ids from %s (%r): starting without them", topic, exc)
         return {}
@@ -50,7 +54,7 @@ async def run_handler(
     if config is None:
         raise ConfigError(f"{settings.instruments}: no entry for exchange {exchange!r}")
     brokers = bootstrap or settings.kafka_bootstrap
-    last_ids = await _last_ids(brokers, topic_names(exchange)[0])
+    last_trades = await _last_trades(brokers, topic_names(exchange)[0], config)
     publisher = Publisher(
         KafkaSink(brokers, idempotence=settings.kafka_idempotence, client_id=f"k2-{exchange}"), exchange
     )
@@ -63,7 +67,7 @@ async def run_handler(
             ws_url=ws_url, backfill=settings.backfill if backfill is None else backfill, rest_url=rest_url
         ),
         instruments_path=settings.instruments,
-        last_ids=last_ids,
+        last_trades=last_trades,
     )
 
     def status() -> tuple[bool, dict[str, object]]:

@@ -26,7 +26,7 @@ from feed_handlers.metrics import BACKFILLED, DEAD_LETTERS, GAPS, MISSING, PARSE
 from feed_handlers.publisher import NO_HEADERS, Message, Publisher, new_message
 from feed_handlers.records import TradeRecord
 from feed_handlers.runner import Runner, RunnerSettings
-from feed_handlers.state import ConfirmedGap, TradeState
+from feed_handlers.state import ConfirmedGap, LastTrade, TradeState
 from feed_handlers.transport import Transport
 from k2.errors import ConfigError
 from k2.logs import bind
@@ -64,14 +64,14 @@ class FeedHandler:
         *,
         options: HandlerOptions | None = None,
         instruments_path: Path | None = None,
-        last_ids: Mapping[str, int] | None = None,
+        last_trades: Mapping[str, LastTrade] | None = None,
     ) -> None:
         self.exchange = exchange
         self.options = options or HandlerOptions()
         self.venue: Venue = self.options.venue or VENUES[exchange]
         self.config = config
         self.canonical = canonical_map(config)
-        self.state = TradeState(self.options.gap_grace_s, last_ids)
+        self.state = TradeState(self.options.gap_grace_s, last_trades)
         self.topic, self.raw_topic, self.dlq_topic = topic_names(exchange)
         self._publisher = publisher
         self._key = exchange.encode()  # key of the raw and dead-letter topics

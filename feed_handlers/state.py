@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["ConfirmedGap", "SymbolState", "TradeState", "Verdict"]
+__all__ = ["ConfirmedGap", "LastTrade", "SymbolState", "TradeState", "Verdict"]
 
 _LATE_FACTOR = 10.0
 
@@ -31,6 +31,14 @@ class ConfirmedGap:
     @property
     def size(self) -> int:
         return self.last_id - self.first_id + 1
+
+
+@dataclass(frozen=True)
+class LastTrade:
+    """The last trade published for a symbol, as a restarted handler recovers it (``recovery.py``)."""
+
+    trade_id: int
+    ts_event_ns: int = 0  # 0: unknown (a time-based backfill then has no start)
 
 
 @dataclass(frozen=True)
@@ -64,9 +72,11 @@ class SymbolState:
 class TradeState:
     """Last id and open gaps per symbol; ``now`` is passed in (monotonic seconds), never read here."""
 
-    def __init__(self, grace_s: float = 5.0, last_ids: Mapping[str, int] | None = None) -> None:
+    def __init__(self, grace_s: float = 5.0, last_trades: Mapping[str, LastTrade] | None = None) -> None:
         self.grace_s = grace_s
-        self._symbols: dict[str, SymbolState] = {s: SymbolState(i) for s, i in (last_ids or {}).items()}
+        self._symbols: dict[str, SymbolState] = {
+            s: SymbolState(t.trade_id, t.ts_event_ns) for s, t in (last_trades or {}).items()
+        }
 
     def last_id(self, symbol: str) -> int | None:
         state = self._symbols.get(symbol)

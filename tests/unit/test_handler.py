@@ -12,6 +12,7 @@ from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument
 from feed_handlers.metrics import LATENCY_BUCKETS_S, HotStats
 from feed_handlers.publisher import Delivery, Message, Publisher
+from feed_handlers.state import LastTrade
 from tests.unit.test_runner import FakeTransport
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -44,12 +45,12 @@ def _config(exchange: str, symbols: list[tuple[str, str]], channel: str) -> Exch
 
 
 def _run(
-    exchange: str, config: ExchangeConfig, frames: list[bytes], last_ids: dict[str, int] | None = None
+    exchange: str, config: ExchangeConfig, frames: list[bytes], last_trades: dict[str, LastTrade] | None = None
 ) -> list[Message]:
     async def main() -> list[Message]:
         sink = RecordingSink()
         publisher = Publisher(sink, exchange)
-        handler = FeedHandler(exchange, config, publisher, FakeTransport(), options=HandlerOptions(), last_ids=last_ids)
+        handler = FeedHandler(exchange, config, publisher, FakeTransport(), options=HandlerOptions(), last_trades=last_trades)
         await publisher.start()
         for i, frame in enumerate(frames):
             await handler.on_frame(frame, 1_000_000 + i, 1)
@@ -97,7 +98,7 @@ def test_bad_frames_go_to_the_dead_letter_topic_with_raw_bytes_and_reason() -> N
 def test_restart_with_recovered_ids_publishes_no_duplicate() -> None:
     frames = (FIXTURES / "binance" / "trade.jsonl").read_bytes().splitlines()
     config = _config("binance", [("BNBBTC", "BNB-BTC")], "trade")
-    messages = _run("binance", config, frames, last_ids={"BNBBTC": 40756030})
+    messages = _run("binance", config, frames, last_trades={"BNBBTC": LastTrade(40756030)})
     assert [t["trade_id"] for t in _trades(messages, "market.crypto.trades.binance")] == ["60276726"]
 
 

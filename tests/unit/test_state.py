@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from feed_handlers.state import ConfirmedGap, TradeState
+from feed_handlers.state import ConfirmedGap, LastTrade, TradeState
 
 
 def test_contiguous_ids_duplicates_and_restart_ids() -> None:
-    state = TradeState(grace_s=5.0, last_ids={"BTCUSDT": 100})
+    state = TradeState(grace_s=5.0, last_trades={"BTCUSDT": LastTrade(100)})
     assert [state.accept("BTCUSDT", i, 0.0).accepted for i in (99, 100, 101, 102, 101)] == [
         False, False, True, True, False,
     ]  # fmt: skip
