@@ -1,8 +1,11 @@
 """The embedded ClickHouse process: chDB + HTTP endpoint + Kafka table consumers.
 
 Run as ``python -m k2.embedded.clickhouse_server --data-dir DIR --host H --port P``; ``k2 up`` does.
-SIGTERM stops consumers first (their last block is either inserted and committed or redelivered),
-then the endpoint, then closes chDB so its data directory is consistent for the next start.
+SIGTERM first lets the consumers catch up with their topics (at most ``DRAIN_TIMEOUT_S``): ``k2 down``
+stops the feed handlers before ClickHouse and the broker after it, and the embedded broker keeps
+nothing, so what is left unread then would be lost. Then it stops the consumers (their last block is
+either inserted and committed or redelivered), the endpoint, and closes chDB so its data directory is
+consistent for the next start.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from k2.embedded.http_server import ClickHouseHTTPServer
 from k2.embedded.kafka_engine import KafkaEngine
 from k2.settings import load_settings
 
-__all__ = ["main", "serve"]
+__all__ = ["DRAIN_TIMEOUT_S", "main", "serve"]
+
+#: How long SIGTERM waits for the consumers to catch up; inside the supervisor's 15 s stop grace.
+DRAIN_TIMEOUT_S = 10.0
 
 log = logging.getLogger("k2.clickhouse")
 
@@ -42,6 +48,11 @@ async def serve(data_dir: Path, host: str, port: int, password: str = "") -> Non
         done, _ = await asyncio.wait({consumers, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if consumers in done:
             consumers.result()  # surfaces the failure
+        behind = await kafka.drain(DRAIN_TIMEOUT_S)
+        if behind:
+            log.error("stopping with unread messages: %s did not catch up in %.0fs", ", ".join(behind), DRAIN_TIMEOUT_S)
+        else:
+            log.info("every Kafka table caught up with its topics")
     finally:
         consumers.cancel()
         with contextlib.suppress(asyncio.CancelledError):

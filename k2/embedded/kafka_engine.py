@@ -123,6 +123,11 @@ class KafkaTableConsumer:
         self._engine = engine
         self._label = f"{spec.database}.{spec.table}"
         self._statements: _Statements | None = None
+        #: Fetches started so far, and the number of the last one that found nothing new while nothing was
+        #: left to insert: everything up to the broker's end as of that fetch is inserted and committed.
+        self.fetches_started = 0
+        self.caught_up_at = 0
+        self.progress = asyncio.Event()  # set when caught_up_at moves
 
     def _prepare(self) -> _Statements:
         virtual = {n.strip("`") for n, _ in VIRTUAL_COLUMNS}
@@ -200,7 +205,13 @@ class KafkaTableConsumer:
                         await self._pace_fetch(inflight[0], next_fetch)
                     next_fetch = loop.time() + _INFLIGHT_FETCH_INTERVAL_S
                     fetches.inc()
-                    pending.extend(await fetcher.fetch(room, self._poll_timeout_ms(inflight)))
+                    self.fetches_started += 1
+                    started = self.fetches_started
+                    fetched = await fetcher.fetch(room, self._poll_timeout_ms(inflight))
+                    pending.extend(fetched)
+                    if not len(fetched) and not len(pending) and inflight is None and ready is None:
+                        self.caught_up_at = started
+                        self.progress.set()
                 if ready is None and len(pending) >= self.spec.max_block_size:
                     ready, pending = self._seal(pending)
                 if inflight is not None and (inflight[0].done() or ready is not None):
@@ -283,6 +294,7 @@ class KafkaEngine:
     def __init__(self, engine: ChdbEngine) -> None:
         self._engine = engine
         self._tasks: dict[KafkaTableSpec, asyncio.Task[None]] = {}
+        self._consumers: dict[KafkaTableSpec, KafkaTableConsumer] = {}
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         engine.on_ddl(self._ddl_happened)
@@ -312,11 +324,36 @@ class KafkaEngine:
                 del self._tasks[spec]
         for spec in wanted - set(self._tasks):
             log.info("kafka table %s.%s: consuming %s", spec.database, spec.table, ",".join(spec.topics))
-            task = asyncio.create_task(KafkaTableConsumer(self._engine, spec).run(), name=spec.table)
+            consumer = self._consumers[spec] = KafkaTableConsumer(self._engine, spec)
+            task = asyncio.create_task(consumer.run(), name=spec.table)
             task.add_done_callback(lambda _t: self._changed.set())
             self._tasks[spec] = task
 
+    async def drain(self, timeout_s: float) -> list[str]:
+        """Wait until every consumer has inserted and committed all its topics held when this was called,
+        at most ``timeout_s``; returns the tables that did not get there.
+
+        For a clean stop in front of a broker that keeps nothing (Tansu stores in memory): once the
+        producers have stopped, whatever the consumers leave unread is gone with the broker.
+        """
+        running = [spec for spec, task in self._tasks.items() if not task.done()]
+        consumers = {spec.qualified_name: self._consumers[spec] for spec in running}
+        since = {name: c.fetches_started for name, c in consumers.items()}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while behind := [name for name, c in consumers.items() if c.caught_up_at <= since[name]]:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return behind
+            for name in behind:
+                consumers[name].progress.clear()
+            waits = [asyncio.ensure_future(consumers[name].progress.wait()) for name in behind]
+            _, pending = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for wait in pending:
+                wait.cancel()
+        return []
+
     async def _stop(self, spec: KafkaTableSpec) -> None:
+        self._consumers.pop(spec, None)
         task = self._tasks.pop(spec)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
