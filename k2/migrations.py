@@ -7,6 +7,13 @@ exist by then, or the first blocks would land in bronze only. Applied files are 
 text in ``k2.schema_migrations``: re-running is a no-op and an edited applied file is an error
 (write a new file instead). ``${NAME}`` placeholders are filled from settings at apply time; the
 checksum is of the file as committed, so the same file applies to either deployment.
+
+A placeholder's value can change after a file was applied: the broker address in a Kafka table's
+settings (``K2_CLICKHOUSE_KAFKA_BROKERS``) when the broker moves. A Kafka table's settings are fixed
+at creation, so each applied file's rendered text is checksummed too, and a Kafka table rendered
+differently now is re-pointed: the materialized views that read it are dropped, the table is dropped
+and created as rendered now, and the views are created again. The consumer group is unchanged, so
+consumption resumes at its committed offsets.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 _UNSAFE_IN_LITERAL = re.compile(r"['\\\n\r]")
 _KAFKA = re.compile(r"^\s*ENGINE\s*=\s*Kafka\b", re.I | re.M)
 _CREATED = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.]+)", re.I | re.M)
+_CREATED_VIEW = re.compile(r"^\s*CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.]+)", re.I | re.M)
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS k2.schema_migrations
@@ -39,6 +47,8 @@ CREATE TABLE IF NOT EXISTS k2.schema_migrations
 ENGINE = MergeTree
 ORDER BY name
 """
+# Added after the ledger above shipped: the checksum of the text as applied, placeholders filled in.
+_LEDGER_RENDERED = "ALTER TABLE k2.schema_migrations ADD COLUMN IF NOT EXISTS rendered_checksum String DEFAULT ''"
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,9 @@ class Migration:
         if match.group("what").upper() == "VIEW":
             return "view"
         return "kafka" if _KAFKA.search(self.text) else "table"
+
+    def rendered_checksum(self, variables: dict[str, str]) -> str:
+        return hashlib.sha256(self.render(variables).encode()).hexdigest()
 
     def render(self, variables: dict[str, str]) -> str:
         def fill(match: re.Match[str]) -> str:
@@ -87,26 +100,38 @@ def discover(sql_dir: Path) -> list[Migration]:
             found.append((layer_index, _KIND_ORDER[migration.kind], path.name, migration))
     if not found:
         raise MigrationError(f"no migrations found under {sql_dir}")
-    queues = [m.group(1) for *_, mig in found if mig.kind == "kafka" and (m := _CREATED.search(mig.text))]
-    reads_queue = re.compile(rf"\bFROM\s+(?:{'|'.join(map(re.escape, queues))})\b", re.I) if queues else None
+    queues = [q for *_, mig in found if (q := _queue_name(mig))]
 
     def consumes(migration: Migration) -> bool:
-        if migration.kind == "kafka":
-            return True
-        return (
-            migration.kind == "materialized_view"
-            and reads_queue is not None
-            and bool(reads_queue.search(migration.text))
-        )
+        return migration.kind == "kafka" or any(_reads(migration, queue) for queue in queues)
 
     return [m for *_, m in sorted(found, key=lambda t: (consumes(t[3]), *t[:3]))]
+
+
+def _queue_name(migration: Migration) -> str | None:
+    """The table a Kafka-table migration creates; None for any other migration."""
+    match = _CREATED.search(migration.text) if migration.kind == "kafka" else None
+    return match.group(1) if match else None
+
+
+def _reads(migration: Migration, table: str) -> bool:
+    """True for a materialized view that reads ``table``."""
+    return migration.kind == "materialized_view" and bool(
+        re.search(rf"\bFROM\s+{re.escape(table)}\b", migration.text, re.I)
+    )
 
 
 def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
     """Apply what is not applied yet; return the names applied now."""
     client.command("CREATE DATABASE IF NOT EXISTS k2")
     client.command(_LEDGER)
-    applied = dict(client.query("SELECT name, checksum FROM k2.schema_migrations").result_rows)
+    client.command(_LEDGER_RENDERED)
+    rows = client.query(
+        "SELECT name, argMax(checksum, applied_at), argMax(rendered_checksum, applied_at) "
+        "FROM k2.schema_migrations GROUP BY name"
+    ).result_rows
+    applied = {name: checksum for name, checksum, _ in rows}
+    rendered = {name: checksum for name, _, checksum in rows}
     migrations = discover(sql_dir)
     for migration in migrations:
         if migration.name in applied and applied[migration.name] != migration.checksum:
@@ -115,15 +140,44 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
                 f"applied, {migration.checksum[:12]} now); add a new migration instead of editing it"
             )
     done: list[str] = []
-    for migration in migrations:
-        if migration.name in applied:
-            continue
+
+    def apply(migration: Migration) -> None:
         try:
             client.command(migration.render(variables))
         except ClickHouseError:
             raise
         except Exception as exc:
             raise MigrationError(f"{migration.name}: {exc}") from exc
-        client.insert("k2.schema_migrations", [[migration.name, migration.checksum]], ["name", "checksum"])
+        client.insert(
+            "k2.schema_migrations",
+            [[migration.name, migration.checksum, migration.rendered_checksum(variables)]],
+            ["name", "checksum", "rendered_checksum"],
+        )
         done.append(migration.name)
+
+    for migration in migrations:
+        if migration.name not in applied:
+            apply(migration)
+        elif rendered[migration.name] != migration.rendered_checksum(variables):
+            queue = _queue_name(migration)
+            if queue is not None and rendered[migration.name]:
+                readers = [m for m in migrations if _reads(m, queue) and m.name in applied]
+                for reader in readers:
+                    client.command(f"DROP VIEW IF EXISTS {_view_name(reader)}")
+                client.command(f"DROP TABLE IF EXISTS {queue}")
+                for again in (migration, *readers):
+                    apply(again)
+            else:  # recorded before rendered checksums were (or a non-Kafka file): record it as it renders now
+                client.insert(
+                    "k2.schema_migrations",
+                    [[migration.name, migration.checksum, migration.rendered_checksum(variables)]],
+                    ["name", "checksum", "rendered_checksum"],
+                )
     return done
+
+
+def _view_name(migration: Migration) -> str:
+    match = _CREATED_VIEW.search(migration.text)
+    if match is None:
+        raise MigrationError(f"{migration.name}: expected CREATE MATERIALIZED VIEW")
+    return match.group(1)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from k2.migrations import default_sql_dir, discover
-from tests.support import K2, REPO, Stack, clickhouse_server, stack_env
+from tests.support import K2, REPO, Stack, clickhouse_server, running_stack, stack_env, topic, trade, wait_for
 
 
 def _migrate(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -51,3 +52,58 @@ def test_fresh_then_migrated_then_edited(tmp_path: Path) -> None:
         )
         # the embedded server keeps Kafka tables as Null tables and consumes them itself
         assert sorted(tables) == [(f"{ex}_trades_queue", "Null") for ex in ("binance", "coinbase", "kraken")]
+
+
+def test_kafka_tables_are_re_pointed_when_the_broker_address_changes(tmp_path: Path) -> None:
+    env = stack_env(tmp_path / "data")
+    with clickhouse_server(tmp_path / "ch") as url:
+        env["K2_CLICKHOUSE_URL"] = url
+        first = _migrate(env, "--sql-dir", str(default_sql_dir()))
+        assert first.returncode == 0, first.stderr
+
+        moved = _migrate({**env, "K2_CLICKHOUSE_KAFKA_BROKERS": "127.0.0.1:29092"})
+        again = _migrate({**env, "K2_CLICKHOUSE_KAFKA_BROKERS": "127.0.0.1:29092"})
+        comments = dict(
+            Stack(tmp_path, env, env["K2_KAFKA_BOOTSTRAP"], url)
+            .client()
+            .query("SELECT name, comment FROM system.tables WHERE database = 'k2' AND name LIKE '%queue'")
+            .result_rows
+        )
+        views = {
+            name: deps
+            for name, deps in Stack(tmp_path, env, env["K2_KAFKA_BOOTSTRAP"], url)
+            .client()
+            .query("SELECT name, dependencies_table FROM system.tables WHERE database = 'k2' AND name LIKE '%queue'")
+            .result_rows
+        }
+
+    exchanges = ("binance", "coinbase", "kraken")
+    repointed = [f"bronze/{ex}_trades_queue.sql" for ex in exchanges] + [
+        f"bronze/{name}.sql" for ex in exchanges for name in (f"{ex}_trades_queue_errors_mv", f"bronze_trades_{ex}_mv")
+    ]
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.splitlines()[0] == f"applied {len(repointed)} migrations"
+    assert sorted(line.strip() for line in moved.stdout.splitlines()[1:]) == sorted(repointed)
+    assert (again.returncode, again.stdout) == (0, "applied 0 migrations\n")
+    for ex in exchanges:
+        assert '"broker_list": "127.0.0.1:29092"' in comments[f"{ex}_trades_queue"]
+        assert sorted(views[f"{ex}_trades_queue"]) == sorted([f"{ex}_trades_queue_errors_mv", f"bronze_trades_{ex}_mv"])
+
+
+def test_a_data_dir_started_again_on_another_broker_port_keeps_ingesting(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    now = time.time_ns()
+    with running_stack(data) as before:
+        before.produce([(topic("binance"), trade("binance", "MOVE-USDT", 1, "10.5", "1", "buy", now))])
+        wait_for(lambda: _ids(before) == [1], 60, "the first trade in silver")
+    with running_stack(data) as after:  # the same data dir; every port, the broker's included, is new
+        assert after.kafka != before.kafka
+        after.produce([(topic("binance"), trade("binance", "MOVE-USDT", 2, "10.5", "1", "buy", now + 1))])
+        wait_for(lambda: _ids(after) == [1, 2], 60, "the second trade in silver, through the moved broker")
+
+
+def _ids(stack: Stack) -> list[int]:
+    rows = stack.client().query(
+        "SELECT trade_id_num FROM k2.silver_trades FINAL WHERE canonical_symbol = 'MOVE-USDT' ORDER BY trade_id_num"
+    ).result_rows
+    return [int(r[0]) for r in rows]
