@@ -79,6 +79,9 @@ async def run_handler(
             "publish_buffer": publisher.buffered,
         }
 
+    if not config.enabled:
+        log.warning("%s is disabled in %s: subscribed to nothing until it is enabled again", exchange,
+                    settings.instruments)  # fmt: skip
     health = HealthServer(metrics_host, metrics_port or default_metrics_port(settings, exchange), status)
     await health.start()
     tune_gc()

@@ -49,7 +49,13 @@ class HandlerOptions:
 
 
 def canonical_map(config: ExchangeConfig) -> dict[str, str]:
+    """Venue symbol -> canonical symbol of every configured instrument."""
     return {i.symbol: i.canonical for i in config.symbols}
+
+
+def subscribed(config: ExchangeConfig) -> dict[str, str]:
+    """What the handler subscribes to: the configured instruments, none while the exchange is disabled."""
+    return canonical_map(config) if config.enabled else {}
 
 
 class FeedHandler:
@@ -70,7 +76,7 @@ class FeedHandler:
         self.options = options or HandlerOptions()
         self.venue: Venue = self.options.venue or VENUES[exchange]
         self.config = config
-        self.canonical = canonical_map(config)
+        self.canonical = subscribed(config)
         self.state = TradeState(self.options.gap_grace_s, last_trades)
         self.topic, self.raw_topic, self.dlq_topic = topic_names(exchange)
         self._publisher = publisher
@@ -206,10 +212,11 @@ class FeedHandler:
         """Apply a new config for this exchange: subscribe/unsubscribe the difference."""
         if config.channel != self.config.channel or config.ws_url != self.config.ws_url:
             self._log.warning("channel or ws_url changed: applied when the handler is recreated")
-        self.canonical = canonical_map(config)
+        self.canonical = subscribed(config)
         self.config = config
         added, removed = await self.runner.update_symbols(list(self.canonical))
-        self._log.info("instruments reloaded", extra={"added": added, "removed": removed})
+        note = "" if config.enabled else " (exchange disabled: subscribed to nothing)"
+        self._log.info("instruments reloaded%s", note, extra={"added": added, "removed": removed})
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from yaml.constructor import ConstructorError
 
+from feed_handlers.exchanges import VENUES
 from k2.errors import ConfigError
 
 __all__ = ["EXCHANGES", "ExchangeConfig", "Instruments", "load_instruments", "topic_names"]
@@ -43,7 +44,7 @@ class Instrument(_Strict):
 
 
 class ExchangeConfig(_Strict):
-    enabled: bool = True
+    enabled: bool = True  # false: its handler runs subscribed to nothing (and picks the symbols up when set back)
     ws_url: str = Field(pattern=r"^wss?://")
     rest_url: str | None = Field(default=None, pattern=r"^https?://")
     channel: str
@@ -55,17 +56,32 @@ class Instruments(_Strict):
     exchanges: dict[Exchange, ExchangeConfig]
 
     @model_validator(mode="after")
-    def _symbols_match_venue(self) -> Instruments:
+    def _fits_the_venue(self) -> Instruments:
+        """Channels the venue streams trades on; symbols spelled as the venue spells them, each once, and
+        each canonical symbol once (two venue symbols under one canonical would merge their trades)."""
         for name, exchange in self.exchanges.items():
+            channels = " | ".join(VENUES[name].trade_channels)
+            if exchange.channel not in VENUES[name].trade_channels:
+                message = f"{exchange.channel!r} is not a {name} trade channel ({channels})"
+                raise _LocatedError(("exchanges", name, "channel"), message)
+            first_of: dict[str, int] = {}  # symbol or canonical -> the item that has it
             for i, inst in enumerate(exchange.symbols):
+                loc = ("exchanges", name, "symbols", i)
                 if not _SYMBOL_PATTERNS[name].fullmatch(inst.symbol):  # match: "$" lets "BTCUSDT\n" through
-                    raise _SymbolError(("exchanges", name, "symbols", i, "symbol"), inst.symbol, name)
+                    raise _LocatedError((*loc, "symbol"), f"{inst.symbol!r} is not a {name} symbol")
+                if (j := first_of.get("symbol " + inst.symbol)) is not None:
+                    raise _LocatedError((*loc, "symbol"), f"{inst.symbol!r} is listed twice (item {j})")
+                if (j := first_of.get("canonical " + inst.canonical)) is not None:
+                    raise _LocatedError((*loc, "canonical"), f"{inst.canonical!r} is already the canonical of item {j}")
+                first_of["symbol " + inst.symbol] = first_of["canonical " + inst.canonical] = i
         return self
 
 
-class _SymbolError(ValueError):
-    def __init__(self, loc: tuple[str | int, ...], symbol: str, exchange: str) -> None:
-        super().__init__(f"{symbol!r} is not a {exchange} symbol")
+class _LocatedError(ValueError):
+    """A problem found by a model validator, at the path of the key it is about."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
         self.loc = loc
 
 
@@ -132,6 +148,17 @@ class _Loader(yaml.SafeLoader):
         except (ValueError, KeyError, AttributeError) as exc:
             raise ConstructorError(None, None, f"cannot read {node.tag} value: {exc}", node.start_mark) from exc
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A key given twice is an error (YAML says keys are unique; PyYAML keeps the last one silently)."""
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) or key is None:
+                if key in seen:
+                    raise ConstructorError(None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
 
 def _parse(path: Path, raw: bytes) -> tuple[yaml.Node | None, Any]:
     """The document's node tree (for line numbers) and its data, or ConfigError with the line."""
@@ -178,7 +205,7 @@ def load_instruments(path: Path) -> Instruments:
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if p != "[key]")
             cause = err.get("ctx", {}).get("error")
-            if isinstance(cause, _SymbolError):
+            if isinstance(cause, _LocatedError):
                 loc = cause.loc
             # a key as written may hold a newline or other control characters: shown escaped, one problem a line
             key = ".".join(repr(p) if isinstance(p, str) and not p.isprintable() else str(p) for p in loc)

@@ -51,6 +51,15 @@ def test_shipped_instruments_load() -> None:
         # a key holding a newline is shown escaped: one problem stays one line (found by test_fuzz_config)
         ("    channel: trade            # trade | aggTrade", '    channel: trade\n    "\\n": 1',
          ":13: exchanges.binance.'\\n': Extra inputs are not permitted"),
+        ("    channel: trade            # trade | aggTrade", "    channel: bookTicker",
+         ":12: exchanges.binance.channel: Value error, 'bookTicker' is not a binance trade channel (trade | aggTrade)"),
+        ("    channel: market_trades", "    channel: matches",
+         ":29: exchanges.coinbase.channel: Value error, 'matches' is not a coinbase trade channel (market_trades)"),
+        ("      - ETH-USD", "      - ETH-USD\n      - BTC-USD",
+         ":34: exchanges.coinbase.symbols.2.symbol: Value error, 'BTC-USD' is listed twice (item 0)"),
+        ("      - ETHUSDT: ETH-USDT", "      - ETHUSDT: BTC-USDT",
+         ":16: exchanges.binance.symbols.1.canonical: Value error, 'BTC-USDT' is already the canonical of item 0"),
+        ("    partitions: 40", "    partitions: 40\n    partitions: 4", ":14: not valid YAML: key 'partitions' given twice in one mapping"),
     ],
 )  # fmt: skip
 def test_bad_lines_name_file_line_and_key(tmp_path: Path, old: str, new: str, error: str) -> None:

@@ -176,7 +176,20 @@ def _symbol(data: dict[str, Any], exchange: str, i: int, draw: Draw) -> tuple[st
         canonical = draw(canonical_texts)
         data["exchanges"][exchange]["symbols"][i] = {symbol: canonical}
     valid = SYMBOL[exchange].fullmatch(symbol) and CANONICAL.fullmatch(canonical)
-    return None if valid else ("exchanges", exchange, "symbols", i)
+    if not valid:
+        return ("exchanges", exchange, "symbols", i)
+    # each symbol once and each canonical once: a repeat is reported at the later of the two items
+    items = [_pair(item) for item in data["exchanges"][exchange]["symbols"]]
+    repeats = [j for j, (s, c) in enumerate(items) if j != i and (s == symbol or c == canonical)]
+    return ("exchanges", exchange, "symbols", max(i, *repeats)) if repeats else None
+
+
+def _pair(item: str | dict[str, str]) -> tuple[str, str]:
+    """(symbol, canonical) of a symbols item in either short form."""
+    if isinstance(item, str):
+        return item, item.replace("/", "-").upper()
+    ((symbol, canonical),) = item.items()
+    return symbol, canonical
 
 
 def _mutate(data: dict[str, Any], draw: Draw) -> tuple[tuple[str | int, ...] | None, tuple[str | int, ...]]:
@@ -217,7 +230,8 @@ def _mutate(data: dict[str, Any], draw: Draw) -> tuple[tuple[str | int, ...] | N
         return (*at, field), (*at, field)
     if kind == "symbol" and isinstance(config.get("symbols"), list) and config["symbols"]:
         i = draw(st.integers(0, len(config["symbols"]) - 1))
-        return _symbol(data, exchange, i, draw), (*at, "symbols", i)
+        reported = _symbol(data, exchange, i, draw)
+        return reported, reported or (*at, "symbols", i)
     if kind == "rename":
         new = draw(names)
         data["exchanges"] = {new if name == exchange else name: value for name, value in data["exchanges"].items()}
@@ -251,7 +265,7 @@ def test_a_symbol_is_taken_exactly_when_it_is_well_spelled(path: Path, exchange:
     document = copy.deepcopy(SEED)
     i = data.draw(st.integers(0, len(document["exchanges"][exchange]["symbols"]) - 1))
     reported = _symbol(document, exchange, i, data.draw)
-    _report(path, dump(document), reported, ("exchanges", exchange, "symbols", i))
+    _report(path, dump(document), reported, reported or ("exchanges", exchange, "symbols", i))
 
 
 # -- random damage: valid, or an error naming the file and a line ----------------------------------------

@@ -13,7 +13,7 @@ from feed_handlers.instruments import ExchangeConfig, Instrument
 from feed_handlers.metrics import LATENCY_BUCKETS_S, HotStats
 from feed_handlers.publisher import Delivery, Message, Publisher
 from feed_handlers.state import LastTrade
-from tests.unit.test_runner import FakeTransport
+from tests.unit.test_runner import FakeTransport, until
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -119,3 +119,33 @@ def test_produce_latency_is_bucketed_per_acked_message_in_integer_nanoseconds() 
         assert stats.latency_sum_ns == 1_000_000 + 1_000_001 + 20_000_000_000
     finally:
         stats.close()
+
+
+def test_a_disabled_exchange_subscribes_to_nothing_until_it_is_enabled_again() -> None:
+    enabled = _config("binance", [("BNBBTC", "BNB-BTC")], "trade")
+    disabled = enabled.model_copy(update={"enabled": False})
+    trade_frame = (FIXTURES / "binance" / "trade.jsonl").read_bytes().splitlines()[0]
+
+    async def main() -> tuple[list[str], list[Message], list[str], list[object]]:
+        transport, sink = FakeTransport(), RecordingSink()
+        publisher = Publisher(sink, "binance")
+        handler = FeedHandler("binance", disabled, publisher, transport, options=HandlerOptions())
+        await publisher.start()
+        task = asyncio.create_task(handler.runner.run())
+        off = list(handler.runner.symbols)
+        await handler.on_frame(trade_frame, 1, 1)  # a stray frame of the disabled symbol: not a trade of ours
+        assert await publisher.flush(5.0)
+        published_off = [m for m in sink.messages if m.topic == "market.crypto.trades.binance"]
+        await handler.apply(enabled)
+        conn = await transport.next()
+        await until(lambda: bool(conn.sent))
+        on, sent = list(handler.runner.symbols), list(conn.sent)
+        await handler.runner.stop()
+        await asyncio.wait_for(task, 5.0)
+        await publisher.stop()
+        return off, published_off, on, sent
+
+    off, published_off, on, sent = asyncio.run(main())
+    assert (off, published_off) == ([], [])
+    assert on == ["BNBBTC"]
+    assert sent == [{"method": "SUBSCRIBE", "params": ["bnbbtc@trade"], "id": 1}]
