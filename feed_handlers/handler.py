@@ -22,7 +22,7 @@ from feed_handlers.backfill import backfill
 from feed_handlers.errors import ParseError
 from feed_handlers.exchanges import VENUES, Venue
 from feed_handlers.instruments import ExchangeConfig, load_instruments, topic_names
-from feed_handlers.metrics import BACKFILLED, DEAD_LETTERS, GAPS, MISSING, PARSE_ERRORS
+from feed_handlers.metrics import BACKFILLED, DEAD_LETTERS, FRAME_GAPS, GAPS, MISSING, MISSING_FRAMES, PARSE_ERRORS
 from feed_handlers.publisher import NO_HEADERS, Message, Publisher, new_message
 from feed_handlers.records import TradeRecord
 from feed_handlers.runner import Runner, RunnerSettings
@@ -34,6 +34,9 @@ from k2.logs import bind
 __all__ = ["FeedHandler", "HandlerOptions"]
 
 log = logging.getLogger(__name__)
+
+#: Connections whose last frame sequence number is kept: more than can be open at once (rotation overlaps).
+_SEQUENCES_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,20 @@ class FeedHandler:
             stats.last_trade_ns[symbol] = trade.ts_event_ns
 
     def _check_sequence(self, sequence_num: int, connection_id: int) -> None:
+        """Count jumps in a connection's frame sequence (Coinbase: contiguous per connection).
+
+        Its own metrics, not the trade-gap ones: a lost frame's trades show up as trade-id gaps of their
+        symbols (and are backfilled there); counting them here too would report them twice.
+        """
         previous = self._sequence.get(connection_id)
+        if previous is None and len(self._sequence) >= _SEQUENCES_KEPT:  # connection ids only grow
+            for old in sorted(self._sequence)[: len(self._sequence) - _SEQUENCES_KEPT + 1]:
+                del self._sequence[old]
         if previous is not None and sequence_num != previous + 1:
-            # frames dropped on this connection (Coinbase sequence_num is contiguous per connection)
-            GAPS.labels(self.exchange, "_frames").inc()
-            MISSING.labels(self.exchange, "_frames").inc(max(0, sequence_num - previous - 1))
-            self._log.warning("frame sequence jumped from %d to %d", previous, sequence_num)
+            FRAME_GAPS.labels(self.exchange).inc()
+            MISSING_FRAMES.labels(self.exchange).inc(max(0, sequence_num - previous - 1))
+            self._log.warning("frame sequence jumped from %d to %d", previous, sequence_num,
+                              extra={"connection": connection_id})  # fmt: skip
         self._sequence[connection_id] = sequence_num
 
     # -- background work ---------------------------------------------------------------------------

@@ -16,8 +16,10 @@ __all__ = [
     "BUFFERED",
     "CONNECTED",
     "DEAD_LETTERS",
+    "FRAME_GAPS",
     "GAPS",
     "MISSING",
+    "MISSING_FRAMES",
     "PARSE_ERRORS",
     "PUBLISH_ERRORS",
     "RECONNECTS",
@@ -34,6 +36,10 @@ GAPS = Counter("k2_feed_trade_gaps_total", "Jumps in a symbol's trade ids", ["ex
 MISSING = Counter(
     "k2_feed_missing_trades_total", "Trades inside id gaps that could not be backfilled", ["exchange", "symbol"]
 )
+FRAME_GAPS = Counter(
+    "k2_feed_frame_gaps_total", "Jumps in a connection's frame sequence numbers (Coinbase sequence_num)", ["exchange"]
+)
+MISSING_FRAMES = Counter("k2_feed_missing_frames_total", "Frames skipped by those jumps", ["exchange"])
 BACKFILLED = Counter("k2_feed_backfilled_trades_total", "Gap trades recovered over REST", ["exchange", "symbol"])
 BUFFERED = Gauge("k2_feed_publish_buffer_messages", "Messages waiting for the broker", ["exchange"])
 BACKPRESSURE = Gauge(

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from feed_handlers.exchanges import Venue
-from feed_handlers.metrics import CONNECTED, RECONNECTS
+from feed_handlers.metrics import CONNECTED, RECONNECTS, SUBSCRIBED
 from feed_handlers.transport import Connection, Transport, TransportClosed
 
 __all__ = ["FrameHandler", "Runner", "RunnerSettings"]
@@ -116,7 +116,12 @@ class Runner:
                 await group.remove(gone)
         self._groups = [g for g in self._groups if g.symbols or not g.task.done()]
         self._place(added)
+        self.report_subscribed()
         return added, removed
+
+    def report_subscribed(self) -> None:
+        """``k2_feed_subscribed_symbols``: the symbols of the connections that are open now."""
+        SUBSCRIBED.labels(self.venue.name).set(sum(len(g.symbols) for g in self._groups if g.up))
 
     def _place(self, symbols: list[str]) -> None:
         cap = self.venue.max_streams_per_connection or len(symbols) or 1
@@ -315,6 +320,11 @@ class _Group:
         if not up:
             self._conn = None
         self._up = up
+        self.runner.report_subscribed()
+
+    @property
+    def up(self) -> bool:
+        return self._up
 
     async def _close(self, conn: Connection, code: int, reason: str) -> None:
         with contextlib.suppress(TransportClosed, OSError, TimeoutError):

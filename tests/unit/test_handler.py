@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from prometheus_client import REGISTRY
 
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument
@@ -149,3 +150,34 @@ def test_a_disabled_exchange_subscribes_to_nothing_until_it_is_enabled_again() -
     assert (off, published_off) == ([], [])
     assert on == ["BNBBTC"]
     assert sent == [{"method": "SUBSCRIBE", "params": ["bnbbtc@trade"], "id": 1}]
+
+
+def test_coinbase_sequence_jumps_are_counted_per_connection_apart_from_trade_gaps() -> None:
+    line = next(x for x in (FIXTURES / "coinbase" / "advanced_trade.jsonl").read_text().splitlines()
+                if '"heartbeats"' in x)  # fmt: skip
+
+    def heartbeat(sequence_num: int) -> bytes:
+        frame = orjson.loads(line)
+        frame["sequence_num"] = sequence_num
+        return orjson.dumps(frame)
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"exchange": "coinbase", **labels}) or 0.0
+
+    config = _config("coinbase", [("BTC-USD", "BTC-USD")], "market_trades")
+    before = (sample("k2_feed_frame_gaps_total"), sample("k2_feed_missing_frames_total"),
+              sample("k2_feed_trade_gaps_total", symbol="_frames"))  # fmt: skip
+
+    async def main() -> None:
+        publisher = Publisher(RecordingSink(), "coinbase")
+        handler = FeedHandler("coinbase", config, publisher, FakeTransport(), options=HandlerOptions())
+        await publisher.start()
+        # connection 1: 7, 8, 11 (9 and 10 lost); connection 2 starts at 0 and is contiguous; 1 again: 12
+        for sequence_num, connection in ((7, 1), (8, 1), (0, 2), (11, 1), (1, 2), (2, 2), (12, 1)):
+            await handler.on_frame(heartbeat(sequence_num), 1, connection)
+        await publisher.stop()
+
+    asyncio.run(main())
+    after = (sample("k2_feed_frame_gaps_total"), sample("k2_feed_missing_frames_total"),
+             sample("k2_feed_trade_gaps_total", symbol="_frames"))  # fmt: skip
+    assert tuple(a - b for a, b in zip(after, before, strict=True)) == (1, 2, 0)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from prometheus_client import REGISTRY
 
 from feed_handlers.exchanges import VENUES
 from feed_handlers.runner import Runner, RunnerSettings
@@ -187,9 +188,13 @@ def test_symbols_split_over_connections_and_hot_changes() -> None:
         assert first.sent[2]["method"] == "subscribe" and first.sent[2]["params"]["symbol"] == ["F/USD"]
         assert last.sent[1]["params"]["symbol"] == ["G/USD"]
         assert len(transport.connections) == 3
+        assert REGISTRY.get_sample_value("k2_feed_subscribed_symbols", {"exchange": "kraken"}) == 6
         await runner.update_symbols(["A/USD", "C/USD", "D/USD", "E/USD", "F/USD", "G/USD", "H/USD"])
         fourth = await transport.next()
         await until(lambda: bool(fourth.sent))
         assert subscribed(fourth) == ["H/USD"]
+        await until(lambda: REGISTRY.get_sample_value("k2_feed_subscribed_symbols", {"exchange": "kraken"}) == 7)
+        await runner.update_symbols(["C/USD", "D/USD", "E/USD", "G/USD", "H/USD"])
+        assert REGISTRY.get_sample_value("k2_feed_subscribed_symbols", {"exchange": "kraken"}) == 5
 
     scenario({"max_streams_per_connection": 2, "silence_timeout_s": None}, [f"{c}/USD" for c in "ABCDE"], body)
