@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from feed_handlers.metrics import BACKPRESSURE, BUFFERED, PUBLISH_ERRORS, HotStats
+from k2.logs import bind
 
 __all__ = ["NO_HEADERS", "KafkaSink", "Message", "Publisher", "Sink", "new_message"]
 
@@ -186,6 +187,7 @@ class Publisher:
     ) -> None:
         self._sink = sink
         self._exchange = exchange
+        self._log = bind(log, exchange=exchange)
         self._max = max_buffered
         self._batch = batch
         self.stats = HotStats(exchange)
@@ -215,7 +217,7 @@ class Publisher:
             await self._sink.stop()
         self.stats.close()
         if not delivered:
-            log.error("%s: stopping with %d messages not delivered", self._exchange, len(self._buffer))
+            self._log.error("%s: stopping with %d messages not delivered", self._exchange, len(self._buffer))
         return delivered
 
     @property
@@ -257,13 +259,13 @@ class Publisher:
         full_since = time.monotonic()
         BUFFERED.labels(self._exchange).set(len(self._buffer))
         BACKPRESSURE.labels(self._exchange).set(1)
-        log.warning("%s: publish buffer full (%d messages): pausing reads until the broker catches up",
+        self._log.warning("%s: publish buffer full (%d messages): pausing reads until the broker catches up",
                     self._exchange, self._max)  # fmt: skip
         while len(self._buffer) >= self._max:
             self._has_room.clear()
             await self._has_room.wait()
         BACKPRESSURE.labels(self._exchange).set(0)
-        log.warning("%s: publish buffer has room again after %.1fs", self._exchange,
+        self._log.warning("%s: publish buffer has room again after %.1fs", self._exchange,
                     time.monotonic() - full_since)  # fmt: skip
 
     async def flush(self, timeout_s: float) -> bool:
@@ -283,7 +285,7 @@ class Publisher:
             except (KafkaError, OSError) as exc:
                 attempt += 1
                 delay = min(5.0, 0.2 * 2**attempt)
-                log.warning("%s: broker unreachable (%r); retrying in %.1fs", self._exchange, exc, delay)
+                self._log.warning("%s: broker unreachable (%r); retrying in %.1fs", self._exchange, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _drain(self) -> None:
@@ -316,7 +318,7 @@ class Publisher:
                     failures += 1
                     PUBLISH_ERRORS.labels(self._exchange).inc()
                     delay = min(5.0, 0.1 * 2**failures)
-                    log.warning("%s: broker did not take %d messages (%r); retrying in %.1fs",
+                    self._log.warning("%s: broker did not take %d messages (%r); retrying in %.1fs",
                                 self._exchange, len(retry), next(e for e in results if e), delay)  # fmt: skip
                     await asyncio.sleep(delay)
                 else:

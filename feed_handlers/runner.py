@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from feed_handlers.exchanges import Venue
 from feed_handlers.metrics import CONNECTED, RECONNECTS, SUBSCRIBED
 from feed_handlers.transport import Connection, Transport, TransportClosed
+from k2.logs import bind
 
 __all__ = ["FrameHandler", "Runner", "RunnerSettings"]
 
@@ -71,6 +72,7 @@ class Runner:
         self.venue = venue
         self.url = url
         self.channel = channel
+        self.log = bind(log, exchange=venue.name)
         self._on_frame = on_frame
         self._transport = transport
         self.settings = settings or RunnerSettings()
@@ -224,8 +226,9 @@ class _Group:
                     attempt = 0
                 attempt += 1
                 if exc.code == _POLICY_VIOLATION:
-                    log.error("%s closed the connection with 1008 (%s): waiting %.0fs, not retrying in a loop",
-                              self.runner.venue.name, exc.reason, settings.policy_close_backoff_s)  # fmt: skip
+                    wait_s = settings.policy_close_backoff_s
+                    self.runner.log.error("%s closed the connection with 1008 (%s): waiting %.0fs, not retrying "
+                                          "in a loop", self.runner.venue.name, exc.reason, wait_s)  # fmt: skip
                     await self._sleep(settings.policy_close_backoff_s)
                 else:
                     await self._backoff(attempt, f"connection lost ({exc})")
@@ -284,7 +287,8 @@ class _Group:
         try:
             new = await self._open()
         except (TransportClosed, OSError) as exc:
-            log.warning("%s: rotation could not open a new connection (%s)", self.runner.venue.name, exc)
+            self.runner.log.warning("%s: rotation could not open a new connection (%s)", self.runner.venue.name,
+                                    exc)  # fmt: skip
             reader.cancel()
             await self._close(old, 1000, "rotation failed")
             return None
@@ -334,7 +338,8 @@ class _Group:
         settings = self.runner.settings
         cap = min(settings.reconnect_backoff_max_s, settings.reconnect_backoff_initial_s * 2 ** min(attempt, 30))
         delay = random.uniform(settings.reconnect_backoff_initial_s / 2, cap)  # noqa: S311 - jitter, not crypto
-        log.warning("%s: %s; reconnecting in %.2fs (attempt %d)", self.runner.venue.name, why, delay, attempt)
+        self.runner.log.warning("%s: %s; reconnecting in %.2fs (attempt %d)", self.runner.venue.name, why, delay,
+                                attempt)  # fmt: skip
         await self._sleep(delay)
 
     async def _sleep(self, seconds: float) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+import pytest
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import REGISTRY
 
 from feed_handlers.handler import FeedHandler, HandlerOptions
@@ -181,3 +184,36 @@ def test_coinbase_sequence_jumps_are_counted_per_connection_apart_from_trade_gap
     after = (sample("k2_feed_frame_gaps_total"), sample("k2_feed_missing_frames_total"),
              sample("k2_feed_trade_gaps_total", symbol="_frames"))  # fmt: skip
     assert tuple(a - b for a, b in zip(after, before, strict=True)) == (1, 2, 0)
+
+
+def test_a_refused_batch_is_retried_in_order_and_logged_with_its_exchange(caplog: pytest.LogCaptureFixture) -> None:
+    class RefusingOnceSink(RecordingSink):
+        refused = False
+
+        async def submit(self, messages: Sequence[Message]) -> Delivery:
+            if self.refused:
+                return await super().submit(messages)
+            self.refused = True
+
+            async def refused() -> list[BaseException | None]:
+                return [KafkaTimeoutError()] * len(messages)
+
+            return refused()
+
+    messages = [Message("t", b"k", str(i).encode()) for i in range(5)]
+
+    async def main() -> list[Message]:
+        sink = RefusingOnceSink()
+        publisher = Publisher(sink, "kraken")
+        await publisher.start()
+        await publisher.publish_many(messages)
+        assert await publisher.flush(5.0)
+        await publisher.stop()
+        return sink.messages
+
+    with caplog.at_level(logging.WARNING, logger="feed_handlers.publisher"):
+        delivered = asyncio.run(main())
+    assert delivered == messages
+    assert [(getattr(r, "exchange", None), r.getMessage().split(" (")[0]) for r in caplog.records] == [
+        ("kraken", "kraken: broker did not take 5 messages"),
+    ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
 from feed_handlers.exchanges import VENUES
@@ -124,15 +126,22 @@ def test_subscribes_delivers_and_resubscribes_after_a_drop() -> None:
     scenario({}, ["BTC/USD", "ETH/USD"], body)
 
 
-def test_policy_close_is_not_retried_in_a_loop() -> None:
+def test_policy_close_is_not_retried_in_a_loop(caplog: pytest.LogCaptureFixture) -> None:
     async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
         first = await transport.next()
         first.drop(1008, "policy")
         closed_at = time.monotonic()
         second = await transport.next()
         assert second.opened_at - closed_at >= FAST.policy_close_backoff_s
+        second.drop(1006, "gone")
+        await transport.next()
 
-    scenario({}, ["BTC/USD"], body)
+    with caplog.at_level(logging.WARNING, logger="feed_handlers.runner"):
+        scenario({}, ["BTC/USD"], body)
+    # structured: the venue is a field of every record, not only words in the message
+    assert [(r.levelname, getattr(r, "exchange", None), "1008" in r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "kraken", True), ("WARNING", "kraken", False),
+    ]  # fmt: skip
 
 
 def test_silence_watchdog_replaces_a_quiet_connection() -> None:
