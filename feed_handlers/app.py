@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
@@ -54,7 +55,29 @@ async def run_handler(
     if config is None:
         raise ConfigError(f"{settings.instruments}: no entry for exchange {exchange!r}")
     brokers = bootstrap or settings.kafka_bootstrap
-    last_trades = await _last_trades(brokers, topic_names(exchange)[0], config)
+    # SIGTERM is ours from here on: during the recovery read (up to 30 s with the broker away) too
+    stopping = asyncio.Event()
+    handlers: list[FeedHandler] = []
+
+    def on_signal() -> None:
+        stopping.set()
+        for running in handlers:
+            running.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    log.info("feed handler starting: reading the last trades back from %s", topic_names(exchange)[0],
+             extra={"exchange": exchange, "brokers": brokers})  # fmt: skip
+    recovery = asyncio.create_task(_last_trades(brokers, topic_names(exchange)[0], config))
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({recovery, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    if not recovery.done():
+        recovery.cancel()
+        log.info("stopped before the feed started", extra={"exchange": exchange})
+        return
+    last_trades = recovery.result()
     publisher = Publisher(
         KafkaSink(brokers, idempotence=settings.kafka_idempotence, client_id=f"k2-{exchange}"), exchange
     )
@@ -86,7 +109,10 @@ async def run_handler(
     await health.start()
     tune_gc()
     log.info("feed handler up", extra={"exchange": exchange, "metrics_port": health.port, "brokers": brokers})
+    handlers.append(handler)
+    if stopping.is_set():
+        handler.stop()
     try:
-        await handler.run()
+        await handler.run(handle_signals=False)
     finally:
         await health.stop()

@@ -35,6 +35,12 @@ __all__ = ["FeedHandler", "HandlerOptions"]
 
 log = logging.getLogger(__name__)
 
+#: From stop (SIGTERM) to return: unsubscribing and closing, flushing what is buffered, closing the producer.
+#: Under the 10 s a supervisor gives before SIGKILL.
+STOP_BUDGET_S = 8.0
+_UNSUBSCRIBE_BUDGET_S = 2.5
+_CLOSE_BUDGET_S = 1.0
+
 #: Connections whose last frame sequence number is kept: more than can be open at once (rotation overlaps).
 _SEQUENCES_KEPT = 64
 
@@ -240,6 +246,7 @@ class FeedHandler:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         await self._publisher.start()
+        deadline = 0.0
         try:
             async with asyncio.TaskGroup() as tg:
                 runner = tg.create_task(self.runner.run(), name=f"{self.exchange}-runner")
@@ -249,13 +256,19 @@ class FeedHandler:
                 ]
                 stopper = tg.create_task(self._stop.wait(), name="stop")
                 await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                deadline = time.monotonic() + STOP_BUDGET_S
                 self._log.info("stopping: unsubscribing and flushing")
                 await self.runner.stop()
-                await runner
+                _, late = await asyncio.wait({runner}, timeout=_UNSUBSCRIBE_BUDGET_S)
+                if late:
+                    self._log.warning("connections not closed in %.0fs: dropping them", _UNSUBSCRIBE_BUDGET_S)
+                    runner.cancel()
                 for task in (*background, stopper):
                     task.cancel()
         finally:
-            delivered = await self._publisher.stop(flush_timeout_s=8.0)
+            left = deadline - time.monotonic() if deadline else STOP_BUDGET_S
+            delivered = await self._publisher.stop(flush_timeout_s=max(0.5, left - _CLOSE_BUDGET_S),
+                                                   close_timeout_s=_CLOSE_BUDGET_S)  # fmt: skip
             self._log.info("stopped", extra={"all_delivered": delivered})
 
     @property

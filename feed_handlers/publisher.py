@@ -205,8 +205,9 @@ class Publisher:
         """Start draining; a broker that is down at start is waited for (messages buffer meanwhile)."""
         self._task = asyncio.create_task(self._drain(), name=f"{self._exchange}-publisher")
 
-    async def stop(self, flush_timeout_s: float = 8.0) -> bool:
-        """Flush within the timeout, then stop. True when everything buffered was delivered."""
+    async def stop(self, flush_timeout_s: float = 8.0, close_timeout_s: float = 5.0) -> bool:
+        """Flush within the timeout, then stop the sink within its own. True when everything buffered was
+        delivered."""
         delivered = await self.flush(flush_timeout_s)
         if self._task is not None:
             self._task.cancel()
@@ -214,7 +215,11 @@ class Publisher:
                 await self._task
             self._task = None
         if self._started:
-            await self._sink.stop()
+            try:  # the producer's own stop waits for batches in flight: bounded, the broker may be gone
+                await asyncio.wait_for(self._sink.stop(), close_timeout_s)
+            except TimeoutError:
+                delivered = False
+                self._log.error("%s: the producer did not close in %.0fs", self._exchange, close_timeout_s)
         self.stats.close()
         if not delivered:
             self._log.error("%s: stopping with %d messages not delivered", self._exchange, len(self._buffer))

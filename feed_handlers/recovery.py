@@ -37,8 +37,8 @@ async def recover_last_trades(
 ) -> dict[str, LastTrade]:
     """The last trade per symbol found in ``topic``; ``symbols`` are those the handler will subscribe."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start that fails half-way is stopped too
         if topic not in await consumer.topics():  # also refreshes metadata
             return {}
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -95,8 +95,8 @@ class Runner:
             self._place(self._pending)
             self._pending = []
             await self._stopping.wait()
-            for group in self._groups:
-                await group.stop()
+            # side by side: each may wait for its unsubscribe and its close, and SIGTERM has 10 s in all
+            await asyncio.gather(*(group.stop() for group in self._groups))
         self._task_group = None
 
     async def stop(self) -> None:
