@@ -29,10 +29,12 @@ Request = tuple[str, dict[str, str]]
 
 @dataclass(frozen=True)
 class RestSpec:
-    #: (channel, venue symbol, gap, next id or cursor) -> (path, query)
+    #: (channel, venue symbol, gap, next id or cursor; 0 for the first page) -> (path, query)
     request: Callable[[str, str, ConfirmedGap, int], Request]
     #: (body, channel, venue symbol, canonical, ts_received_ns) -> (trades, next cursor or None)
     parse: Callable[[bytes, str, str, str, int], tuple[list[TradeRecord], int | None]]
+    #: pages run newest first (Coinbase): paging ends at the gap's first id instead of its last
+    newest_first: bool = False
 
 
 def _record(exchange: str, symbol: str, canonical: str, trade_id: int, price: Any, qty: Any, side: str,
@@ -94,11 +96,13 @@ def _kraken_parse(
 
 
 # -- Coinbase: GET /api/v3/brokerage/market/products/{id}/ticker?limit=&start=&end= (unix seconds) -------
+# The newest `limit` trades in [start, end), newest first: a full page is followed by the page that ends at
+# its oldest trade's second (the second is asked again, the ids sort out the overlap).
 
 
 def _coinbase_request(channel: str, symbol: str, gap: ConfirmedGap, cursor: int) -> Request:
     start = gap.after_ns // 1_000_000_000
-    end = gap.before_ns // 1_000_000_000 + 1
+    end = cursor or gap.before_ns // 1_000_000_000 + 1
     return f"/api/v3/brokerage/market/products/{symbol}/ticker", {
         "limit": str(_PAGE),
         "start": str(start),
@@ -116,13 +120,14 @@ def _coinbase_parse(
         trades.append(_record("coinbase", symbol, canonical, int(r["trade_id"]), r["price"], r["size"],
                               "sell" if maker == "BUY" else "buy", rfc3339_to_ns(r["time"]), received,
                               {"sequence_num": 0, "maker_side": maker, "is_snapshot": False}))  # fmt: skip
-    return trades, None
+    full = len(trades) >= _PAGE
+    return trades, (min(t.ts_event_ns for t in trades) // 1_000_000_000 + 1 if full else None)
 
 
 REST: Mapping[str, RestSpec] = {
     "binance": RestSpec(_binance_request, _binance_parse),
     "kraken": RestSpec(_kraken_request, _kraken_parse),
-    "coinbase": RestSpec(_coinbase_request, _coinbase_parse),
+    "coinbase": RestSpec(_coinbase_request, _coinbase_parse, newest_first=True),
 }
 
 
@@ -137,15 +142,20 @@ async def backfill(exchange: str, rest_url: str, channel: str, canonical: str, g
     spec = REST[exchange]
     found: dict[int, TradeRecord] = {}
     cursor = gap.first_id if exchange == "binance" else 0
-    for _ in range(_MAX_PAGES):
+    for page in range(_MAX_PAGES):
         path, query = spec.request(channel, gap.symbol, gap, cursor)
         body = await asyncio.to_thread(_get, f"{rest_url.rstrip('/')}{path}?{urllib.parse.urlencode(query)}")
         trades, next_cursor = spec.parse(body, channel, gap.symbol, canonical, received_ns)
+        before = len(found)
         for t in trades:
             if gap.first_id <= int(t.trade_id) <= gap.last_id:
                 found[int(t.trade_id)] = t
-        done = any(int(t.trade_id) >= gap.last_id for t in trades)
-        if next_cursor is None or done or not trades:
+        if spec.newest_first:
+            done = any(int(t.trade_id) <= gap.first_id for t in trades)
+        else:
+            done = any(int(t.trade_id) >= gap.last_id for t in trades)
+        stuck = page > 0 and len(found) == before  # a page past the first that added nothing: no use going on
+        if next_cursor is None or done or not trades or len(found) == gap.size or stuck or next_cursor == cursor:
             break
         cursor = next_cursor
     return [found[i] for i in sorted(found)]

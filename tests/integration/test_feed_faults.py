@@ -8,7 +8,10 @@ import dataclasses
 import time
 
 import orjson
+import pytest
+from prometheus_client import REGISTRY
 
+from feed_handlers.backfill import backfill
 from feed_handlers.exchanges import VENUES
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import load_instruments
@@ -16,6 +19,7 @@ from feed_handlers.publisher import Publisher
 from feed_handlers.replay import FakeExchange, load_capture
 from feed_handlers.replay.rest import FakeRest
 from feed_handlers.runner import RunnerSettings
+from feed_handlers.state import ConfirmedGap
 from feed_handlers.transport import WebSocketTransport
 from tests.support import REPO
 from tests.unit.test_handler import RecordingSink
@@ -114,34 +118,83 @@ def test_binance_reconnects_on_drop_and_server_shutdown_and_reports_gaps() -> No
                for c in fake.controls if c.get("method") == "SUBSCRIBE")  # fmt: skip
 
 
-def test_binance_gap_from_a_disconnection_is_backfilled_over_rest() -> None:
+# Per venue: replay speed, and how long the handler stays away after its connection is cut. Kraken and
+# Coinbase resend their last 50/100 trades on subscribe: the absence must outlast that many trades, so the
+# gap's older part is only on REST.
+BACKFILL_CASES = {"binance": (2.0, 0.6), "kraken": (40.0, 2.0), "coinbase": (40.0, 2.0)}
+BACKFILL_PATHS = {"binance": "/api/v3/aggTrades?", "kraken": "/0/public/Trades?",
+                  "coinbase": "/api/v3/brokerage/market/products/"}  # fmt: skip
+
+
+@pytest.mark.parametrize("exchange", list(BACKFILL_CASES))
+def test_gap_from_a_disconnection_is_backfilled_over_rest(exchange: str) -> None:
+    speed, away_s = BACKFILL_CASES[exchange]
+
+    def count(name: str) -> float:
+        return sum(REGISTRY.get_sample_value(name, {"exchange": exchange, "symbol": s}) or 0.0
+                   for s in ("BTC/USD", "ETH/USD", "BTC-USD", "ETH-USD", "DENTUSDT", "ZILUSDT", "MANAUSDT",
+                             "ETHBRL", "BTCSTUSDT", "QTUMETH"))  # fmt: skip
+
+    def complete(sink: RecordingSink, fake: FakeExchange) -> bool:
+        """Every trade the venue released between a symbol's first and last published id is published."""
+        published = _published(sink, exchange)
+        for symbol, history in fake.history.items():
+            got = sorted(i for s, i in published if s == symbol)
+            if got and got != sorted(t.trade_id for t in history if got[0] <= t.trade_id <= got[-1]):
+                return False
+        return True
+
+    before = (count("k2_feed_backfilled_trades_total"), count("k2_feed_missing_trades_total"))
+
     async def scenario() -> tuple[FakeExchange, RecordingSink, list[str]]:
-        config = load_instruments(CAPTURES / "instruments.yaml").exchanges["binance"]  # type: ignore[index]
+        config = load_instruments(CAPTURES / "instruments.yaml").exchanges[exchange]  # type: ignore[index]
         sink = RecordingSink()
-        slow = RunnerSettings(reconnect_backoff_initial_s=0.6, reconnect_backoff_max_s=0.8)
-        async with FakeExchange("binance", load_capture(CAPTURES / "binance.jsonl"), speed=2.0) as fake, \
-                FakeRest(fake) as rest:  # fmt: skip
-            handler = FeedHandler("binance", config, Publisher(sink, "binance"), WebSocketTransport(),
-                                  options=HandlerOptions(ws_url=fake.url, gap_grace_s=0.3, runner=slow,
+        away = RunnerSettings(reconnect_backoff_initial_s=away_s, reconnect_backoff_max_s=away_s * 1.3)
+        async with FakeExchange(exchange, load_capture(CAPTURES / f"{exchange}.jsonl"), speed=speed,
+                                loop=True) as fake, FakeRest(fake) as rest:  # fmt: skip
+            handler = FeedHandler(exchange, config, Publisher(sink, exchange), WebSocketTransport(),
+                                  options=HandlerOptions(ws_url=fake.url, gap_grace_s=0.3, runner=away,
                                                          backfill=True, rest_url=rest.url))  # fmt: skip
             task = asyncio.create_task(handler.run(handle_signals=False))
-            await _until(lambda: len(_published(sink, "binance")) > 20, what="trades")
-            await fake.drop_connections()  # trades replayed while we are away are only in REST now
-            await fake.finished.wait()
+            await _until(lambda: len(_published(sink, exchange)) > 20, what="trades")
+            await fake.drop_connections()  # trades released while we are away are only on REST now
             await _until(lambda: bool(rest.requests), what="a backfill request")
-            await asyncio.sleep(1.0)  # confirmed gaps are fetched once a second
+            await _until(lambda: complete(sink, fake), limit_s=30, what="every released trade published")
             handler.stop()
             await asyncio.wait_for(task, 15)
             return fake, sink, rest.requests
 
     fake, sink, requests = asyncio.run(scenario())
-    published = _published(sink, "binance")
+    published = _published(sink, exchange)
+    served = set(fake.served)
+    from_rest = [key for key in published if key not in served]
+    backfilled = count("k2_feed_backfilled_trades_total") - before[0]
+    missing = count("k2_feed_missing_trades_total") - before[1]
+    print(f"{exchange}: {len(published)} published, {len(from_rest)} only on REST, {len(requests)} REST requests")
     assert len(published) == len(set(published))
-    assert all(r.startswith("/api/v3/aggTrades?symbol=") for r in requests)
-    for symbol, history in fake.history.items():
-        first = min(i for s, i in published if s == symbol) if any(s == symbol for s, _ in published) else None
-        if first is None:
-            continue
-        got = sorted(i for s, i in published if s == symbol)
-        want = sorted(s.trade_id for s in history if first <= s.trade_id <= got[-1])
-        assert got == want, f"{symbol}: ids missing after backfill {sorted(set(want) - set(got))[:5]}"
+    assert requests and all(r.startswith(BACKFILL_PATHS[exchange]) for r in requests)
+    assert from_rest, "the absence outlasted what the venue resends on subscribe"
+    assert (backfilled, missing) == (len(from_rest), 0)
+
+
+def test_coinbase_backfill_pages_back_through_a_gap_longer_than_one_page() -> None:
+    async def scenario() -> tuple[list[int], list[int], list[str]]:
+        config = load_instruments(CAPTURES / "instruments.yaml").exchanges["coinbase"]  # type: ignore[index]
+        # paced (a few hundred trades a second), since the REST window is in whole seconds: pages end at a second
+        async with FakeExchange("coinbase", load_capture(CAPTURES / "coinbase.jsonl"), speed=200.0,
+                                loop=True) as fake, FakeRest(fake) as rest:  # fmt: skip
+            handler = FeedHandler("coinbase", config, Publisher(RecordingSink(), "coinbase"), WebSocketTransport(),
+                                  options=HandlerOptions(ws_url=fake.url))  # fmt: skip
+            task = asyncio.create_task(handler.run(handle_signals=False))  # a subscriber: the feed runs
+            await fake.wait_until(lambda: len(fake.history.get("BTC-USD", ())) > 2_200, timeout_s=60)
+            handler.stop()
+            await asyncio.wait_for(task, 15)
+            history = list(fake.history["BTC-USD"])
+            before, inside, after = history[100], history[101:2_101], history[2_101]  # 2,000 trades: several pages
+            gap = ConfirmedGap("BTC-USD", inside[0].trade_id, inside[-1].trade_id, before.ts_ns, after.ts_ns)
+            got = await backfill("coinbase", rest.url, "market_trades", "BTC-USD", gap, 1)
+            return [int(t.trade_id) for t in got], [t.trade_id for t in inside], rest.requests
+
+    got, want, requests = asyncio.run(scenario())
+    assert got == want
+    assert len(requests) >= 3
