@@ -47,6 +47,9 @@ class RunnerSettings:
     rotate_before_s: float = 1800.0
     #: How long the new connection may take to deliver its first frame during a rotation.
     rotation_overlap_timeout_s: float = 30.0
+    #: After the new connection's first frame, the old one is still read this long before it is closed:
+    #: trades it had in flight are not lost, and those both deliver are dropped once by trade id.
+    rotation_drain_s: float = 2.0
     #: A connection that lived this long resets the backoff.
     healthy_after_s: float = 30.0
 
@@ -155,6 +158,7 @@ class _Group:
         self._up = False
         self._stop = asyncio.Event()
         self._control = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced connections still read for a while
 
     # -- symbol changes -------------------------------------------------------------------------
 
@@ -201,6 +205,10 @@ class _Group:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        for retiring in list(self._retiring):  # cancelled: each still closes its connection
+            retiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retiring
 
     async def run(self) -> None:
         settings = self.runner.settings
@@ -297,14 +305,27 @@ class _Group:
             first = await asyncio.wait_for(new.recv(), self.runner.settings.rotation_overlap_timeout_s)
         except (TimeoutError, TransportClosed):
             first = None
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TransportClosed):
-            await reader
-        await self._close(old, 1000, "rotated")
+        if first is None:  # the new connection is silent: nothing to overlap with
+            await self._retire(old, reader, 0.0)
+        else:
+            retiring = asyncio.create_task(self._retire(old, reader, self.runner.settings.rotation_drain_s))
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
         self._adopt(new, new_id)
         if first is not None:
             await self.runner._on_frame(first, time.time_ns(), new_id)
         return new
+
+    async def _retire(self, old: Connection, reader: asyncio.Task[None], drain_s: float) -> None:
+        """Keep reading the replaced connection for ``drain_s`` (less if it ends), then close it."""
+        try:
+            if drain_s > 0:
+                await asyncio.wait({reader}, timeout=drain_s)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TransportClosed):
+                await reader
+            await self._close(old, 1000, "rotated")
 
     async def _drain(self, conn: Connection, conn_id: int) -> None:
         while True:

@@ -18,6 +18,7 @@ from feed_handlers.runner import Runner, RunnerSettings
 from feed_handlers.transport import TransportClosed
 
 FAST = RunnerSettings(
+    rotation_drain_s=0.2,
     reconnect_backoff_initial_s=0.01,
     reconnect_backoff_max_s=0.05,
     policy_close_backoff_s=0.5,
@@ -34,6 +35,7 @@ class FakeConn:
         self.inbox: asyncio.Queue[bytes | str | TransportClosed] = asyncio.Queue()
         self.closed: tuple[int, str] | None = None
         self.opened_at = time.monotonic()
+        self.closed_at = 0.0
 
     async def send(self, message: str) -> None:
         if self.closed:
@@ -50,6 +52,7 @@ class FakeConn:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed is None:
             self.closed = (code, reason)
+            self.closed_at = time.monotonic()
             self.inbox.put_nowait(TransportClosed(code, reason))
 
     def drop(self, code: int = 1006, reason: str = "") -> None:
@@ -165,6 +168,21 @@ def test_rotation_overlaps_then_closes_the_old_connection() -> None:
         new.inbox.put_nowait("from-new")
         await until(lambda: old.closed == (1000, "rotated"))
         assert [f for f, _ in frames][:2] == ["from-old", "from-new"]
+
+    scenario({"max_connection_age_s": 0.3, "silence_timeout_s": None}, ["BTC/USD"], body)
+
+
+def test_rotation_keeps_reading_the_old_connection_for_a_while_after_the_new_one_delivers() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        old = await transport.next()
+        new = await transport.next()
+        await until(lambda: bool(new.sent))
+        new.inbox.put_nowait("new-1")  # the new connection delivers first...
+        await until(lambda: "new-1" in [f for f, _ in frames])
+        old.inbox.put_nowait("old-in-flight")  # ...while the old one still had this on its way
+        await until(lambda: old.closed == (1000, "rotated"))
+        assert [f for f, _ in frames] == ["new-1", "old-in-flight"]
+        assert old.closed_at - new.opened_at >= FAST.rotation_drain_s  # read for the drain time, then closed
 
     scenario({"max_connection_age_s": 0.3, "silence_timeout_s": None}, ["BTC/USD"], body)
 
