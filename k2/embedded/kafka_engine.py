@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -57,6 +57,8 @@ _ARROW_SCHEMA = pa.schema(
         ("partition", pa.uint64()),
         ("offset", pa.uint64()),
         ("ts_ms", pa.int64()),
+        ("header_names", pa.list_(pa.string())),
+        ("header_values", pa.list_(pa.binary())),
     ]
 )
 # Applied to the whole insert, materialized views included. The MVs hanging off a queue table
@@ -82,9 +84,22 @@ def build_block(fetched: Fetched) -> pa.Table:
             partitions,
             pa.array(fetched.offsets, pa.uint64()),
             pa.array(fetched.timestamps, pa.int64()),
+            *_header_columns(fetched.headers, len(fetched)),
         ],
         schema=_ARROW_SCHEMA,
     )
+
+
+def _header_columns(headers: list[Sequence[tuple[str, bytes]]], rows: int) -> tuple[pa.Array, pa.Array]:
+    """The messages' headers as two list columns (names, values), as ClickHouse's ``_headers.name/value``.
+
+    ``headers`` holds one entry per row, or none at all (blocks built by hand: no headers)."""
+    if not any(headers):  # the usual case (trade records carry none): no per-message work
+        empty = pa.repeat(pa.scalar(0, pa.int32()), rows + 1)  # every list's offsets: all empty
+        return (pa.ListArray.from_arrays(empty, pa.array([], pa.string())),
+                pa.ListArray.from_arrays(empty, pa.array([], pa.binary())))  # fmt: skip
+    return (pa.array([[n for n, _ in h] for h in headers], pa.list_(pa.string())),
+            pa.array([[v for _, v in h] for h in headers], pa.list_(pa.binary())))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ def _statements(spec: KafkaTableSpec, columns: list[tuple[str, str]]) -> _Statem
     virtual = ", ".join(n if n.startswith("`") else f"`{n}`" for n, _ in VIRTUAL_COLUMNS)
     source = (
         "SELECT toString(value) AS raw, toString(key) AS k, topic, partition, offset, ts_ms, "
+        "header_names, arrayMap(v -> toString(v), header_values) AS header_texts, "
         # JSONType is 'Null' for anything that is not valid JSON, so one parse tells both apart
         "JSONType(raw) = 'Object' AS ok "
         "FROM Python(k2_arrow)"
@@ -108,7 +124,7 @@ def _statements(spec: KafkaTableSpec, columns: list[tuple[str, str]]) -> _Statem
     insert = (
         f"INSERT INTO {spec.qualified_name} ({names}, {virtual}) SETTINGS {_INSERT_SETTINGS} "
         f"SELECT {extracted}, topic, k, offset, partition, "
-        "toDateTime(intDiv(ts_ms, 1000), 'UTC'), fromUnixTimestamp64Milli(ts_ms, 'UTC'), [], [], "
+        "toDateTime(intDiv(ts_ms, 1000), 'UTC'), fromUnixTimestamp64Milli(ts_ms, 'UTC'), header_names, header_texts, "
         f"if(ok, '', raw), if(ok, '', '{_NOT_OBJECT}') "
         f"FROM (SELECT *, JSONExtract(raw, 'Tuple({tuple_type})') AS j FROM ({source})) {where}"
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -46,6 +47,7 @@ _VALUE = attrgetter("value")
 _KEY = attrgetter("key")
 _OFFSET = attrgetter("offset")
 _TIMESTAMP = attrgetter("timestamp")
+_HEADERS = attrgetter("headers")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Fetched:
     keys: list[bytes | None] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
+    headers: list[Sequence[tuple[str, bytes]]] = field(default_factory=list)  # per message, possibly empty
     # one run per partition fetched, in row order: (partition, row count)
     runs: list[tuple[TopicPartition, int]] = field(default_factory=list)
     first: dict[TopicPartition, int] = field(default_factory=dict)  # first offset per partition
@@ -69,6 +72,7 @@ class Fetched:
         self.keys += other.keys
         self.offsets += other.offsets
         self.timestamps += other.timestamps
+        self.headers += other.headers
         self.runs += other.runs
         for tp, offset in other.first.items():
             self.first.setdefault(tp, offset)
@@ -274,6 +278,7 @@ class GroupFetcher:
                 out.keys += map(_KEY, taken)
                 out.offsets += map(_OFFSET, taken)
                 out.timestamps += map(_TIMESTAMP, taken)
+                out.headers += map(_HEADERS, taken)
                 out.runs.append((tp, len(taken)))
                 out.first.setdefault(tp, taken[0].offset)
                 out.next[tp] = position
