@@ -198,3 +198,24 @@ def test_coinbase_backfill_pages_back_through_a_gap_longer_than_one_page() -> No
     got, want, requests = asyncio.run(scenario())
     assert got == want
     assert len(requests) >= 3
+
+
+def test_coinbase_subscribes_inside_the_venues_deadline() -> None:
+    """The fake closes a connection that has not subscribed within its deadline, as Coinbase does after 5 s;
+    here 0.3 s, with two symbols and the heartbeats channel to subscribe at the venue's message rate."""
+
+    async def scenario() -> tuple[int, int]:
+        config = load_instruments(CAPTURES / "instruments.yaml").exchanges["coinbase"]  # type: ignore[index]
+        sink = RecordingSink()
+        async with FakeExchange("coinbase", load_capture(CAPTURES / "coinbase.jsonl"), speed=20.0, loop=True,
+                                subscribe_deadline_s=0.3) as fake:  # fmt: skip
+            handler = FeedHandler("coinbase", config, Publisher(sink, "coinbase"), WebSocketTransport(),
+                                  options=HandlerOptions(ws_url=fake.url, runner=FAST))  # fmt: skip
+            task = asyncio.create_task(handler.run(handle_signals=False))
+            await _until(lambda: len(_published(sink, "coinbase")) > 50, what="trades on the first connection")
+            handler.stop()
+            await asyncio.wait_for(task, 15)
+            return fake.connections, len(_published(sink, "coinbase"))
+
+    connections, published = asyncio.run(scenario())
+    assert (connections, published > 50) == (1, True)
