@@ -27,7 +27,7 @@ from feed_handlers.metrics import CONNECTED, RECONNECTS, SUBSCRIBED
 from feed_handlers.transport import Connection, Transport, TransportClosed
 from k2.logs import bind
 
-__all__ = ["FrameHandler", "Runner", "RunnerSettings"]
+__all__ = ["FrameHandler", "Runner", "RunnerSettings", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ class RunnerSettings:
     rotation_drain_s: float = 2.0
     #: A connection that lived this long resets the backoff.
     healthy_after_s: float = 30.0
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, draw: Callable[[float, float], float] = random.uniform
+                  ) -> float:  # fmt: skip
+    """Seconds to wait before reconnect ``attempt`` (1, 2, ...): capped exponential with jitter.
+
+    Drawn between ``initial_s / 2`` and ``min(max_s, initial_s * 2**attempt)``, so handlers cut off at the same
+    moment do not all come back at the same moment.
+    """
+    return draw(initial_s / 2, min(max_s, initial_s * 2 ** min(attempt, 30)))
 
 
 class _Silent(Exception):
@@ -357,8 +367,7 @@ class _Group:
 
     async def _backoff(self, attempt: int, why: str) -> None:
         settings = self.runner.settings
-        cap = min(settings.reconnect_backoff_max_s, settings.reconnect_backoff_initial_s * 2 ** min(attempt, 30))
-        delay = random.uniform(settings.reconnect_backoff_initial_s / 2, cap)  # noqa: S311 - jitter, not crypto
+        delay = backoff_delay(attempt, settings.reconnect_backoff_initial_s, settings.reconnect_backoff_max_s)
         self.runner.log.warning("%s: %s; reconnecting in %.2fs (attempt %d)", self.runner.venue.name, why, delay,
                                 attempt)  # fmt: skip
         await self._sleep(delay)

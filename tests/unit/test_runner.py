@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from feed_handlers.exchanges import VENUES
-from feed_handlers.runner import Runner, RunnerSettings
+from feed_handlers.runner import Runner, RunnerSettings, backoff_delay
 from feed_handlers.transport import TransportClosed
 
 FAST = RunnerSettings(
@@ -225,3 +226,15 @@ def test_symbols_split_over_connections_and_hot_changes() -> None:
         assert REGISTRY.get_sample_value("k2_feed_subscribed_symbols", {"exchange": "kraken"}) == 5
 
     scenario({"max_streams_per_connection": 2, "silence_timeout_s": None}, [f"{c}/USD" for c in "ABCDE"], body)
+
+
+def test_backoff_grows_to_its_cap_and_is_jittered() -> None:
+    rng = random.Random(7)
+    draws = {attempt: [backoff_delay(attempt, 0.5, 30.0, rng.uniform) for _ in range(400)] for attempt in range(1, 9)}
+    for attempt, delays in draws.items():
+        cap = min(30.0, 0.5 * 2**attempt)
+        assert all(0.25 <= d <= cap for d in delays), attempt
+        assert max(delays) > 0.9 * cap  # the range is used up to the cap...
+        assert len(set(delays)) == len(delays)  # ...and spread, not one value for every handler
+    assert backoff_delay(10**6, 0.5, 30.0, max) == 30.0  # a long outage never overflows the exponent
+    assert backoff_delay(3, 0.5, 30.0, max) == 4.0  # the cap doubles per attempt: 0.5 * 2**3
