@@ -139,9 +139,12 @@ class Runner:
         SUBSCRIBED.labels(self.venue.name).set(sum(len(g.symbols) for g in self._groups if g.up))
 
     def _place(self, symbols: list[str]) -> None:
-        cap = self.venue.max_streams_per_connection or len(symbols) or 1
+        """Subscribe ``symbols`` on the open connections with room, then on new ones. A venue without a cap
+        per connection takes them all on the first connection."""
+        limit = self.venue.max_streams_per_connection
+        cap = limit or len(symbols) or 1
         for group in self._groups:
-            room = cap - len(group.symbols)
+            room = limit - len(group.symbols) if limit else len(symbols)
             if room > 0 and symbols:
                 group.add(symbols[:room])
                 symbols = symbols[room:]

@@ -33,6 +33,7 @@ class FakeConn:
     def __init__(self, number: int) -> None:
         self.number = number
         self.sent: list[Any] = []
+        self.sent_at: list[float] = []
         self.inbox: asyncio.Queue[bytes | str | TransportClosed] = asyncio.Queue()
         self.closed: tuple[int, str] | None = None
         self.opened_at = time.monotonic()
@@ -42,6 +43,7 @@ class FakeConn:
         if self.closed:
             raise TransportClosed(*self.closed)
         self.sent.append(orjson.loads(message))
+        self.sent_at.append(time.monotonic())
 
     async def recv(self) -> bytes | str:
         item = await self.inbox.get()
@@ -84,7 +86,7 @@ async def until(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
 
 
 def scenario(venue_changes: dict[str, Any], symbols: list[str], body: Callable[..., Awaitable[None]]) -> None:
-    venue = dataclasses.replace(VENUES["kraken"], max_messages_per_s=1000.0, **venue_changes)
+    venue = dataclasses.replace(VENUES["kraken"], **{"max_messages_per_s": 1000.0, **venue_changes})
     frames: list[tuple[str, int]] = []
 
     async def on_frame(frame: bytes | str, ts: int, conn_id: int) -> bool:
@@ -238,3 +240,17 @@ def test_backoff_grows_to_its_cap_and_is_jittered() -> None:
         assert len(set(delays)) == len(delays)  # ...and spread, not one value for every handler
     assert backoff_delay(10**6, 0.5, 30.0, max) == 30.0  # a long outage never overflows the exponent
     assert backoff_delay(3, 0.5, 30.0, max) == 4.0  # the cap doubles per attempt: 0.5 * 2**3
+
+
+def test_messages_to_the_venue_keep_under_its_rate() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        conn = await transport.next()
+        await until(lambda: bool(conn.sent))
+        for symbol in ("B/USD", "C/USD", "D/USD", "E/USD"):  # four changes at once: four subscribe messages
+            await runner.update_symbols([*runner.symbols, symbol])
+        await until(lambda: len(conn.sent) == 5)
+        assert len(transport.connections) == 1  # no cap per connection on this venue: one connection takes all
+        gaps = [b - a for a, b in zip(conn.sent_at, conn.sent_at[1:], strict=False)]
+        assert min(gaps) >= 1 / 20 * 0.95, gaps  # 20 messages/s at most (timer granularity aside)
+
+    scenario({"max_messages_per_s": 20.0, "silence_timeout_s": None}, ["A/USD"], body)
