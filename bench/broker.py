@@ -1,6 +1,6 @@
 """Benchmark: the embedded broker's (Tansu, memory storage) CPU as its topic grows.
 
-Produces at a fixed rate the way the feed handlers do (acks=all, 5 ms linger, zstd), once with no
+Produces at a fixed rate the way the feed handlers do (acks=all, their linger, zstd), once with no
 consumer and once with one consumer group polling every 50 ms, and prints the broker's CPU use every
 ``--every`` seconds. With the consumer, Tansu's CPU climbs with the data it holds: each fetch costs it
 more the more it stores, so an embedded stack that runs for long, or holds a
@@ -18,6 +18,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from k2.settings import KAFKA_LINGER_MS
 from k2.topics import ensure_topics
 from tests.support import cpu_seconds, tansu_broker
 
@@ -38,8 +39,10 @@ async def poll(bootstrap: str) -> None:
         await consumer.stop()
 
 
-async def produce(bootstrap: str, broker_pid: int, rate: int, seconds: float, every: float, consume: bool) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="zstd")
+async def produce(
+    bootstrap: str, broker_pid: int, rate: int, seconds: float, every: float, consume: bool, linger_ms: int
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, compression_type="zstd")
     await producer.start()
     poller = asyncio.create_task(poll(bootstrap)) if consume else None
     start, sent = time.monotonic(), 0
@@ -69,11 +72,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=10.0)
+    parser.add_argument("--linger-ms", type=int, default=KAFKA_LINGER_MS, help="the producer's linger (default: the handlers')")
+    parser.add_argument("--consumer-only", action="store_true", help="skip the run without a consumer")
     args = parser.parse_args()
-    for consume in (False, True):
+    for consume in (True,) if args.consumer_only else (False, True):
         with tansu_broker() as (kafka, broker):
             asyncio.run(ensure_topics(kafka, {TOPIC: 1}))
-            asyncio.run(produce(kafka, broker.pid, args.rate, args.seconds, args.every, consume))
+            asyncio.run(produce(kafka, broker.pid, args.rate, args.seconds, args.every, consume, args.linger_ms))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block
 from k2.embedded.kafka_fetch import Fetched
 from k2.migrations import default_sql_dir, discover, migrate
+from k2.settings import KAFKA_LINGER_MS
 from k2.topics import ensure_topics
 from tests.support import cpu_seconds, free_port, http_ok, tansu_broker, wait_for
 
@@ -77,9 +78,9 @@ async def fill(bootstrap: str, n: int) -> float:
     return time.perf_counter() - start
 
 
-async def paced(bootstrap: str, rate: int, seconds: float, first_id: int) -> int:
-    # produced the way the feed handlers produce (KafkaSink): acks=all, 5 ms linger, zstd
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="zstd")
+async def paced(bootstrap: str, rate: int, seconds: float, first_id: int, linger_ms: int) -> int:
+    # produced the way the feed handlers produce (KafkaSink): acks=all, their linger, zstd
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, compression_type="zstd")
     await producer.start()
     sent = 0
     start = time.monotonic()
@@ -143,6 +144,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chain-floor", action="store_true", help="only time the insert chain in-process")
+    parser.add_argument("--linger-ms", type=int, default=KAFKA_LINGER_MS, help="paced producer's linger (default: "
+                        "the handlers')")  # fmt: skip
     args = parser.parse_args()
     if args.chain_floor:
         for _ in range(3):
@@ -201,7 +204,7 @@ def main() -> None:
             print(f"embedded ClickHouse RSS after ingest: {rss:.0f} MB (peak {peak:.0f} MB)")
 
             paced_cpu = cpu_seconds(clickhouse.pid), cpu_seconds(broker.pid), time.perf_counter()
-            sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades))
+            sent = asyncio.run(paced(kafka, args.rate, args.seconds, args.trades, args.linger_ms))
             paced_wall = time.perf_counter() - paced_cpu[2]
             print(f"while producing at {args.rate}/s: embedded ClickHouse used "
                   f"{(cpu_seconds(clickhouse.pid) - paced_cpu[0]) / paced_wall:.0%} of a core, "

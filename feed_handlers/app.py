@@ -79,7 +79,9 @@ async def run_handler(
         return
     last_trades = recovery.result()
     publisher = Publisher(
-        KafkaSink(brokers, idempotence=settings.kafka_idempotence, client_id=f"k2-{exchange}"), exchange
+        KafkaSink(brokers, idempotence=settings.kafka_idempotence, linger_ms=settings.kafka_linger_ms,
+                  client_id=f"k2-{exchange}"),
+        exchange,
     )
     handler = FeedHandler(
         exchange,

@@ -22,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from feed_handlers.metrics import BACKPRESSURE, BUFFERED, PUBLISH_ERRORS, HotStats
 from k2.logs import bind
+from k2.settings import KAFKA_LINGER_MS
 
 __all__ = ["NO_HEADERS", "KafkaSink", "Message", "Publisher", "Sink", "new_message"]
 
@@ -73,7 +74,9 @@ class KafkaSink:
     them several times smaller. Redpanda, Tansu, librdkafka (ClickHouse) and aiokafka all read it.
     """
 
-    def __init__(self, bootstrap: str, *, idempotence: bool, linger_ms: int = 5, client_id: str = "k2") -> None:
+    def __init__(
+        self, bootstrap: str, *, idempotence: bool, linger_ms: int = KAFKA_LINGER_MS, client_id: str = "k2"
+    ) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,

@@ -23,6 +23,11 @@ from k2.errors import ConfigError
 __all__ = ["Settings", "load_settings", "redact_url"]
 
 _PREFIX = "K2_"
+
+#: The feed handlers' producer linger. 25 ms, not 5: the embedded broker (Tansu) spends more on each fetch
+#: the more record batches it holds, and at 5 ms a busy topic's batches made produce -> silver latency creep
+#: from 0.3 s to over 1 s within half a minute (docs/benchmarks.md); at 25 ms it stays flat under 0.3 s.
+KAFKA_LINGER_MS = 25
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +40,9 @@ class Settings(BaseModel):
     instruments: Path = Field(default=_REPO / "config" / "instruments.yaml")
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="host:port clients use")
     kafka_idempotence: bool = Field(default=False, description="on for Redpanda; Tansu lacks it")
+    kafka_linger_ms: int = Field(
+        default=KAFKA_LINGER_MS, ge=0, le=1000, description="how long the feed handlers' producer gathers a batch"
+    )
     clickhouse_url: str = Field(default="http://127.0.0.1:8123")
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")

@@ -17,12 +17,11 @@ GOOD = (REPO / "config" / "instruments.yaml").read_text()
 def test_defaults_are_loopback_and_env_overrides() -> None:
     settings = load_settings({})
     assert (settings.kafka_bootstrap, settings.clickhouse_url) == ("127.0.0.1:9092", "http://127.0.0.1:8123")
-    custom = load_settings({"K2_KAFKA_BOOTSTRAP": "redpanda:9092", "K2_KAFKA_IDEMPOTENCE": "true", "OTHER": "x"})
-    assert (custom.kafka_bootstrap, custom.kafka_idempotence, custom.kafka_brokers_for_clickhouse) == (
-        "redpanda:9092",
-        True,
-        "redpanda:9092",
-    )
+    assert settings.kafka_linger_ms == 25
+    custom = load_settings({"K2_KAFKA_BOOTSTRAP": "redpanda:9092", "K2_KAFKA_IDEMPOTENCE": "true", "OTHER": "x",
+                            "K2_KAFKA_LINGER_MS": "5"})  # fmt: skip
+    assert (custom.kafka_bootstrap, custom.kafka_idempotence, custom.kafka_brokers_for_clickhouse,
+            custom.kafka_linger_ms) == ("redpanda:9092", True, "redpanda:9092", 5)  # fmt: skip
 
 
 def test_unknown_or_invalid_settings_are_errors() -> None:
