@@ -141,6 +141,13 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
             )
     done: list[str] = []
 
+    def record(migration: Migration) -> None:
+        client.insert(
+            "k2.schema_migrations",
+            [[migration.name, migration.checksum, migration.rendered_checksum(variables)]],
+            ["name", "checksum", "rendered_checksum"],
+        )
+
     def apply(migration: Migration) -> None:
         try:
             client.command(migration.render(variables))
@@ -148,11 +155,7 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
             raise
         except Exception as exc:
             raise MigrationError(f"{migration.name}: {exc}") from exc
-        client.insert(
-            "k2.schema_migrations",
-            [[migration.name, migration.checksum, migration.rendered_checksum(variables)]],
-            ["name", "checksum", "rendered_checksum"],
-        )
+        record(migration)
         done.append(migration.name)
 
     for migration in migrations:
@@ -168,11 +171,7 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
                 for again in (migration, *readers):
                     apply(again)
             else:  # recorded before rendered checksums were (or a non-Kafka file): record it as it renders now
-                client.insert(
-                    "k2.schema_migrations",
-                    [[migration.name, migration.checksum, migration.rendered_checksum(variables)]],
-                    ["name", "checksum", "rendered_checksum"],
-                )
+                record(migration)
     return done
 
 
