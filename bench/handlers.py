@@ -32,7 +32,7 @@ import ctypes
 import logging
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 from aiokafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
@@ -93,18 +93,13 @@ def floor(venue: str, data: Sequence[bytes]) -> float:
     assert len(records) == len(data), "the bench frames hold one trade each"
     header = [("ts_received_ns", b"1795000000000000000")]
 
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        raw, normalized = _Batches(), _Batches()
+    def one_pass(raw: _Batches, normalized: _Batches) -> None:
         for frame, record in zip(data, records, strict=True):
             orjson.loads(frame)
             raw.append(b"x", frame, header)
             normalized.append(b"BTC", orjson.dumps(record), [])
-        raw.build()
-        normalized.build()
-        best = min(best, time.perf_counter() - start)
-    return len(data) / best
+
+    return len(data) / _best_pass_s(one_pass)
 
 
 def parse_floor(venue: str, data: Sequence[bytes]) -> float:
@@ -113,19 +108,28 @@ def parse_floor(venue: str, data: Sequence[bytes]) -> float:
     Measured right before each handler run, so that their ratio is taken under the same machine speed.
     """
     parse, canonical = VENUES[venue].parse, {i.symbol: i.canonical for i in CONFIGS[venue].symbols}
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        raw, normalized = _Batches(), _Batches()
+
+    def one_pass(raw: _Batches, normalized: _Batches) -> None:
         for frame in data:
             received = time.time_ns()
             raw.append(b"x", frame, [("ts_received_ns", str(received).encode())])
             for trade in parse(frame, ts_received_ns=received, canonical=canonical).trades:
                 normalized.append(trade.symbol.encode(), trade.to_json(), [])
+
+    return len(data) / _best_pass_s(one_pass)
+
+
+def _best_pass_s(one_pass: Callable[[_Batches, _Batches], None], passes: int = 5) -> float:
+    """Seconds of the fastest of ``passes`` runs of ``one_pass`` into fresh raw and normalized batches, built."""
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        raw, normalized = _Batches(), _Batches()
+        one_pass(raw, normalized)
         raw.build()
         normalized.build()
         best = min(best, time.perf_counter() - start)
-    return len(data) / best
+    return best
 
 
 class _Batches:
