@@ -250,7 +250,7 @@ class _Group:
                     wait_s = settings.policy_close_backoff_s
                     self.runner.log.error("%s closed the connection with 1008 (%s): waiting %.0fs, not retrying "
                                           "in a loop", self.runner.venue.name, exc.reason, wait_s)  # fmt: skip
-                    await self._sleep(settings.policy_close_backoff_s)
+                    await self._sleep(wait_s)
                 else:
                     await self._backoff(attempt, f"connection lost ({exc})")
             except _Silent:
