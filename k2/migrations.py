@@ -13,7 +13,11 @@ settings (``K2_CLICKHOUSE_KAFKA_BROKERS``) when the broker moves. A Kafka table'
 at creation, so each applied file's rendered text is checksummed too, and a Kafka table rendered
 differently now is re-pointed: the materialized views that read it are dropped, the table is dropped
 and created as rendered now, and the views are created again. The consumer group is unchanged, so
-consumption resumes at its committed offsets.
+consumption resumes at its committed offsets. An edited Kafka-table file is applied the same way: such a
+table holds no rows and its settings cannot be altered in place, so re-creating it is how its settings
+(block size, flush interval, consumers) change; the edit is recorded as the file's new checksum. Keep
+its consumer group: a new group starts from the topic's start, which silver's dedup gate absorbs at the
+cost of re-reading the topic.
 """
 
 from __future__ import annotations
@@ -134,7 +138,8 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
     rendered = {name: checksum for name, _, checksum in rows}
     migrations = discover(sql_dir)
     for migration in migrations:
-        if migration.name in applied and applied[migration.name] != migration.checksum:
+        edited = migration.name in applied and applied[migration.name] != migration.checksum
+        if edited and migration.kind != "kafka":
             raise MigrationError(
                 f"{migration.name} was edited after it was applied (checksum {applied[migration.name][:12]} "
                 f"applied, {migration.checksum[:12]} now); add a new migration instead of editing it"
@@ -163,7 +168,8 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
             apply(migration)
         elif rendered[migration.name] != migration.rendered_checksum(variables):
             queue = _queue_name(migration)
-            if queue is not None and rendered[migration.name]:
+            edited = applied[migration.name] != migration.checksum
+            if queue is not None and (rendered[migration.name] or edited):
                 readers = [m for m in migrations if _reads(m, queue) and m.name in applied]
                 for reader in readers:
                     client.command(f"DROP VIEW IF EXISTS {_view_name(reader)}")

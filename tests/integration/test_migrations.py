@@ -1,4 +1,5 @@
-"""`k2 db migrate` on a fresh and on a migrated database, and its refusal of an edited file."""
+"""`k2 db migrate` on a fresh and on a migrated database, its refusal of an edited file, and
+the re-creation of Kafka tables whose address or settings changed."""
 
 from __future__ import annotations
 
@@ -88,6 +89,42 @@ def test_kafka_tables_are_re_pointed_when_the_broker_address_changes(tmp_path: P
     for ex in exchanges:
         assert '"broker_list": "127.0.0.1:29092"' in comments[f"{ex}_trades_queue"]
         assert sorted(views[f"{ex}_trades_queue"]) == sorted([f"{ex}_trades_queue_errors_mv", f"bronze_trades_{ex}_mv"])
+
+
+def test_an_edited_kafka_table_file_re_creates_the_table_with_its_new_settings(tmp_path: Path) -> None:
+    env = stack_env(tmp_path / "data")
+    sql = tmp_path / "sql"
+    shutil.copytree(default_sql_dir(), sql)
+    queue = sql / "bronze" / "kraken_trades_queue.sql"
+    text = queue.read_text()
+    assert "kafka_flush_interval_ms = 250" in text
+    with clickhouse_server(tmp_path / "ch") as url:
+        env["K2_CLICKHOUSE_URL"] = url
+        first = _migrate(env, "--sql-dir", str(sql))
+        assert first.returncode == 0, first.stderr
+
+        queue.write_text(text.replace("kafka_flush_interval_ms = 250", "kafka_flush_interval_ms = 750"))
+        edited = _migrate(env, "--sql-dir", str(sql))
+        again = _migrate(env, "--sql-dir", str(sql))
+        client = Stack(tmp_path, env, env["K2_KAFKA_BOOTSTRAP"], url).client()
+        comments = dict(
+            client.query("SELECT name, comment FROM system.tables WHERE database = 'k2' AND name LIKE '%queue'")
+            .result_rows
+        )
+        ((deps,),) = client.query("SELECT dependencies_table FROM system.tables WHERE database = 'k2' "
+                                  "AND name = 'kraken_trades_queue'").result_rows  # fmt: skip
+
+    assert edited.returncode == 0, edited.stderr
+    assert edited.stdout.splitlines() == [
+        "applied 3 migrations",
+        "  bronze/kraken_trades_queue.sql",
+        "  bronze/bronze_trades_kraken_mv.sql",
+        "  bronze/kraken_trades_queue_errors_mv.sql",
+    ]
+    assert (again.returncode, again.stdout) == (0, "applied 0 migrations\n")
+    assert '"flush_interval_ms": 750' in comments["kraken_trades_queue"]
+    assert '"flush_interval_ms": 250' in comments["binance_trades_queue"]
+    assert sorted(deps) == ["bronze_trades_kraken_mv", "kraken_trades_queue_errors_mv"]
 
 
 def test_a_data_dir_started_again_on_another_broker_port_keeps_ingesting(tmp_path: Path) -> None:
