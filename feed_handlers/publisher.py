@@ -145,16 +145,20 @@ class KafkaSink:
             start = 0
             while start < len(indexes):
                 batch = self._producer.create_batch()
-                append = batch.append
+                # Straight into the batch's record builder (aiokafka's C DefaultRecordBatchBuilder): the public
+                # BatchBuilder.append only adds a Python call and the key/value serializers we do not use. The
+                # batch learns its record count from _relative_offset, as its own append would have set it.
+                append = batch._builder.append
                 taken = 0
                 for i in indexes[start:] if start else indexes:
                     m = messages[i]
                     headers = m.headers
                     if type(headers) is not list:  # the C builder takes a list only
                         headers = list(headers)
-                    if append(key=m.key, value=m.value, timestamp=None, headers=headers) is None:
+                    if append(taken, None, m.key, m.value, headers) is None:
                         break
                     taken += 1
+                batch._relative_offset = taken  # left open: aiokafka sends a closed batch without lingering
                 if taken == 0:
                     raise ValueError(f"message of {len(messages[indexes[start]].value)} bytes exceeds a batch")
                 chunk = indexes[start : start + taken]
