@@ -160,8 +160,8 @@ class TimedSink(KafkaSink):
 
     latencies_ns: list[int]
 
-    async def submit(self, messages: Sequence[Message]) -> Awaitable[list[BaseException | None]]:
-        delivery = await super().submit(messages)
+    async def submit(self, messages: Sequence[Message], *, backlog: bool = False) -> Awaitable[list[BaseException | None]]:
+        delivery = await super().submit(messages, backlog=backlog)
 
         async def timed() -> list[BaseException | None]:
             results = await delivery

@@ -59,9 +59,10 @@ class Sink(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def submit(self, messages: Sequence[Message]) -> Delivery:
+    async def submit(self, messages: Sequence[Message], *, backlog: bool = False) -> Delivery:
         """Hand ``messages`` to the broker client; the result resolves to one entry per message,
-        None when the broker acknowledged it."""
+        None when the broker acknowledged it. ``backlog``: more messages wait behind these, so there
+        is nothing to linger for."""
         ...
 
 
@@ -113,7 +114,13 @@ class KafkaSink:
         self._by_key[topic, key] = partition
         return partition
 
-    async def submit(self, messages: Sequence[Message]) -> Delivery:
+    async def submit(self, messages: Sequence[Message], *, backlog: bool = False) -> Delivery:
+        """Build ``messages`` into record batches, one or more per partition, and queue them for sending.
+
+        A batch lingers (``linger_ms``) for company only when nothing waits behind it. With a
+        ``backlog`` it is closed and sent at once: the messages behind it go into batches of their own,
+        so lingering would only hold a busy handler back.
+        """
         # One dict lookup per message: group by (topic, key), then map each group to its partition.
         by_key: dict[tuple[str, bytes | None], list[int]] = {}
         for i, m in enumerate(messages):
@@ -158,7 +165,9 @@ class KafkaSink:
                     if append(taken, None, m.key, m.value, headers) is None:
                         break
                     taken += 1
-                batch._relative_offset = taken  # left open: aiokafka sends a closed batch without lingering
+                batch._relative_offset = taken
+                if backlog:  # aiokafka sends a closed batch without lingering
+                    batch.close()
                 if taken == 0:
                     raise ValueError(f"message of {len(messages[indexes[start]].value)} bytes exceeds a batch")
                 chunk = indexes[start : start + taken]
@@ -313,7 +322,7 @@ class Publisher:
             if self._buffer and len(inflight) < self._window:
                 batch = [popleft() for _ in range(min(self._batch, len(self._buffer)))]
                 self._has_room.set()
-                inflight.append((batch, await self._sink.submit(batch)))
+                inflight.append((batch, await self._sink.submit(batch, backlog=bool(self._buffer))))
                 continue
             if inflight:
                 batch, delivery = inflight.popleft()

@@ -81,3 +81,33 @@ def test_every_message_lands_on_its_partition_in_order_with_key_value_and_header
     for topic in (TOPIC, RAW):
         # per partition in submission order: sorting by partition keeps each partition's own order
         assert landed[topic] == sorted(expected[topic], key=lambda r: r[0]), topic
+
+
+def test_a_batch_lingers_unless_a_backlog_waits_behind_it() -> None:
+    linger_s = 3.0
+    with tansu_broker() as (bootstrap, _):
+        asyncio.run(ensure_topics(bootstrap, {TOPIC: PARTITIONS, RAW: PARTITIONS}))
+
+        # two keys on different partitions: aiokafka sends a partition's batches in order, so a batch queued
+        # behind a lingering one on the same partition waits for it
+        partitioner, everyone = DefaultPartitioner(), list(range(PARTITIONS))
+        alone, behind = b"BTCUSDT", next(k for k in (b"SOLUSDT", b"XRPUSDT", b"ETHUSDT", b"BNBUSDT")
+                                         if partitioner(k, everyone, everyone) != partitioner(b"BTCUSDT", everyone, everyone))  # fmt: skip
+
+        async def send() -> tuple[bool, bool]:
+            sink = KafkaSink(bootstrap, idempotence=False, linger_ms=int(linger_s * 1000))
+            await sink.start()
+            try:
+                await (await sink.submit([Message(TOPIC, alone, b"warm-up")], backlog=True))  # metadata known
+                lingering = asyncio.ensure_future(await sink.submit([Message(TOPIC, alone, b"alone")]))
+                sent_at_once = await sink.submit([Message(TOPIC, behind, b"more behind")], backlog=True)
+                acked_at_once = await asyncio.wait_for(sent_at_once, linger_s / 2) == [None]
+                held = not lingering.done()  # still waiting for company
+                await lingering
+                return acked_at_once, held
+            finally:
+                await sink.stop()
+
+        acked_at_once, held = asyncio.run(send())
+    assert acked_at_once, "a batch with a backlog behind it waited for the linger"
+    assert held, "a batch with nothing behind it did not linger"

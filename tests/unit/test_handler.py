@@ -25,6 +25,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 class RecordingSink:
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.submits: list[tuple[int, bool]] = []  # (messages, backlog) of each submit
 
     async def start(self) -> None:
         pass
@@ -32,8 +33,9 @@ class RecordingSink:
     async def stop(self) -> None:
         pass
 
-    async def submit(self, messages: Sequence[Message]) -> Delivery:
+    async def submit(self, messages: Sequence[Message], *, backlog: bool = False) -> Delivery:
         self.messages.extend(messages)
+        self.submits.append((len(messages), backlog))
 
         async def acked() -> list[BaseException | None]:
             return [None] * len(messages)
@@ -190,9 +192,9 @@ def test_a_refused_batch_is_retried_in_order_and_logged_with_its_exchange(caplog
     class RefusingOnceSink(RecordingSink):
         refused = False
 
-        async def submit(self, messages: Sequence[Message]) -> Delivery:
+        async def submit(self, messages: Sequence[Message], *, backlog: bool = False) -> Delivery:
             if self.refused:
-                return await super().submit(messages)
+                return await super().submit(messages, backlog=backlog)
             self.refused = True
 
             async def refused() -> list[BaseException | None]:
@@ -217,3 +219,20 @@ def test_a_refused_batch_is_retried_in_order_and_logged_with_its_exchange(caplog
     assert [(getattr(r, "exchange", None), r.getMessage().split(" (")[0]) for r in caplog.records] == [
         ("kraken", "kraken: broker did not take 5 messages"),
     ]
+
+
+def test_only_the_last_submit_of_a_backlog_may_linger() -> None:
+    messages = [Message("t", b"k", str(i).encode()) for i in range(12)]
+
+    async def main() -> RecordingSink:
+        sink = RecordingSink()
+        publisher = Publisher(sink, "binance", batch=5)
+        await publisher.start()
+        assert publisher.offer(messages)  # buffered before the drain task first runs
+        assert await publisher.flush(5.0)
+        await publisher.stop()
+        return sink
+
+    sink = asyncio.run(main())
+    assert sink.messages == messages
+    assert sink.submits == [(5, True), (5, True), (2, False)]
