@@ -309,8 +309,7 @@ class KafkaEngine:
 
     def __init__(self, engine: ChdbEngine) -> None:
         self._engine = engine
-        self._tasks: dict[KafkaTableSpec, asyncio.Task[None]] = {}
-        self._consumers: dict[KafkaTableSpec, KafkaTableConsumer] = {}
+        self._running: dict[KafkaTableSpec, tuple[KafkaTableConsumer, asyncio.Task[None]]] = {}
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         engine.on_ddl(self._ddl_happened)
@@ -330,20 +329,20 @@ class KafkaEngine:
 
     async def _reconcile(self) -> None:
         wanted = set(await asyncio.to_thread(self._engine.kafka_tables))
-        for spec in [s for s in self._tasks if s not in wanted]:
+        for spec in [s for s in self._running if s not in wanted]:
             await self._stop(spec)
-        for spec, task in list(self._tasks.items()):
+        for spec, (_, task) in list(self._running.items()):
             if task.done():
                 exc = None if task.cancelled() else task.exception()
                 if exc is not None:
                     log.error("kafka table %s: consumer failed: %r; restarting", spec.table, exc)
-                del self._tasks[spec]
-        for spec in wanted - set(self._tasks):
+                del self._running[spec]
+        for spec in wanted - set(self._running):
             log.info("kafka table %s.%s: consuming %s", spec.database, spec.table, ",".join(spec.topics))
-            consumer = self._consumers[spec] = KafkaTableConsumer(self._engine, spec)
+            consumer = KafkaTableConsumer(self._engine, spec)
             task = asyncio.create_task(consumer.run(), name=spec.table)
             task.add_done_callback(lambda _t: self._changed.set())
-            self._tasks[spec] = task
+            self._running[spec] = (consumer, task)
 
     async def drain(self, timeout_s: float) -> list[str]:
         """Wait until every consumer has inserted and committed all its topics held when this was called,
@@ -352,8 +351,7 @@ class KafkaEngine:
         For a clean stop in front of a broker that keeps nothing (Tansu stores in memory): once the
         producers have stopped, whatever the consumers leave unread is gone with the broker.
         """
-        running = [spec for spec, task in self._tasks.items() if not task.done()]
-        consumers = {spec.qualified_name: self._consumers[spec] for spec in running}
+        consumers = {spec.qualified_name: c for spec, (c, task) in self._running.items() if not task.done()}
         since = {name: c.fetches_started for name, c in consumers.items()}
         deadline = asyncio.get_running_loop().time() + timeout_s
         while behind := [name for name, c in consumers.items() if c.caught_up_at <= since[name]]:
@@ -369,12 +367,11 @@ class KafkaEngine:
         return []
 
     async def _stop(self, spec: KafkaTableSpec) -> None:
-        self._consumers.pop(spec, None)
-        task = self._tasks.pop(spec)
+        _, task = self._running.pop(spec)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     async def _stop_all(self) -> None:
-        for spec in list(self._tasks):
+        for spec in list(self._running):
             await self._stop(spec)
