@@ -137,9 +137,9 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
     applied = {name: checksum for name, checksum, _ in rows}
     rendered = {name: checksum for name, _, checksum in rows}
     migrations = discover(sql_dir)
+    edited = {m.name for m in migrations if m.name in applied and applied[m.name] != m.checksum}
     for migration in migrations:
-        edited = migration.name in applied and applied[migration.name] != migration.checksum
-        if edited and migration.kind != "kafka":
+        if migration.name in edited and migration.kind != "kafka":
             raise MigrationError(
                 f"{migration.name} was edited after it was applied (checksum {applied[migration.name][:12]} "
                 f"applied, {migration.checksum[:12]} now); add a new migration instead of editing it"
@@ -168,8 +168,7 @@ def migrate(client: Any, sql_dir: Path, variables: dict[str, str]) -> list[str]:
             apply(migration)
         elif rendered[migration.name] != migration.rendered_checksum(variables):
             queue = _queue_name(migration)
-            edited = applied[migration.name] != migration.checksum
-            if queue is not None and (rendered[migration.name] or edited):
+            if queue is not None and (rendered[migration.name] or migration.name in edited):
                 readers = [m for m in migrations if _reads(m, queue) and m.name in applied]
                 for reader in readers:
                     client.command(f"DROP VIEW IF EXISTS {_view_name(reader)}")
