@@ -122,7 +122,7 @@ def test_binance_reconnects_on_drop_and_server_shutdown_and_reports_gaps() -> No
 # Coinbase resend their last 50/100 trades on subscribe: the absence must outlast that many trades, so the
 # gap's older part is only on REST.
 BACKFILL_CASES = {"binance": (2.0, 1.5), "kraken": (40.0, 3.0), "coinbase": (40.0, 2.0)}
-BACKFILL_PATHS = {"binance": "/api/v3/aggTrades?", "kraken": "/0/public/Trades?",
+BACKFILL_PATHS = {"binance": "/api/v3/aggTrades?symbol=", "kraken": "/0/public/Trades?pair=",
                   "coinbase": "/api/v3/brokerage/market/products/"}  # fmt: skip
 
 
