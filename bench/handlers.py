@@ -13,7 +13,10 @@ no validation, dedup state, metrics or network. It bounds what the target "50 % 
 mean for a Python handler on this machine. And the parse floor: the same with the venue's real parser
 (every field validated, the record built) and ``TradeRecord.to_json`` in place of loads/dumps, still
 with no dedup state, buffer, metrics or network: the least a handler that keeps DESIGN.md's trade
-contract can do. The handler's own glue is what lies between it and the handler's figure.
+contract can do. The handler's own glue is what lies between it and the handler's figure. And the
+receive floor (``bench/receive_floor.py``): frames/s through the handlers' WebSocket client with nothing
+done to them. The saturated runs hand frames to the handler directly, so that cost comes on top in a live
+handler; it alone bounds what share of the ceiling a handler on ``websockets`` can reach.
 
 The machine may be shared: each saturated run is repeated ``--runs`` times and reported as best and
 range, next to the handler process's own CPU time (trades per CPU-second), which other load inflates
@@ -37,6 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 from aiokafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
 
+from bench.receive_floor import receive_floor
 from feed_handlers.exchanges import VENUES
 from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
@@ -234,7 +238,7 @@ def main() -> None:
         for venue in args.venues.split(","):
             asyncio.run(ensure_topics(kafka, dict.fromkeys(topic_names(venue), 4)))
             data = frames(venue, args.trades)
-            top, least = ceiling(data), floor(venue, data)
+            top, least, received = ceiling(data), floor(venue, data), receive_floor(data)
             _, _, paced = asyncio.run(through_handler(venue, data[: int(args.rate * args.seconds)], kafka, args.rate))
             runs, ratios = [], []
             for _ in range(args.runs):  # each run next to a parse-floor pass: their ratio survives a machine's drift
@@ -250,6 +254,8 @@ def main() -> None:
                   f"({100 * best_cpu / top:.0f}%)")  # fmt: skip
             print(f"{venue:8s}: floor (read frame, write record, two zstd batch appends; nothing else) {least:,.0f} "
                   f"trades/s = {100 * least / top:.0f}% of the ceiling; the handler does {100 * best / least:.0f}% of it")  # fmt: skip
+            print(f"{venue:8s}: receive floor (websockets recv() of the same frames from a local server, nothing else) "
+                  f"{received:,.0f} frames/s = {100 * received / top:.0f}% of the ceiling")  # fmt: skip
             print(f"{venue:8s}: parse floor (venue parser, record JSON, two zstd batch appends; no dedup, buffer or "
                   f"network) {parsed:,.0f} trades/s in the last pass; each run did "
                   f"{', '.join(f'{100 * r:.0f}%' for r in ratios)} of the pass just before it")  # fmt: skip
