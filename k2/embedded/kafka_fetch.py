@@ -205,11 +205,19 @@ class GroupFetcher:
         # ask for about as many bytes as the records wanted: a bigger answer would be decoded in part and refetched
         budget = max(64 * 1024, min(self._max_bytes, int(max_records * self._bytes_per_record * 1.2)))
         requests = []
-        # rotate where the request starts: a broker fills its answer partition by partition, in order
-        tracked = list(self._positions)
-        self._turn = (self._turn + 1) % max(1, len(tracked))
-        per_partition = max(64 * 1024, min(self._max_partition_bytes, budget))
-        for node, tps in self._by_leader(tracked[self._turn :] + tracked[: self._turn]).items():
+        # A broker fills its answer partition by partition, in request order, and may stop well short of the
+        # bytes asked for (Tansu: about 4 MB). So the partitions with something to read (all of them until
+        # their end is known) come first, each fetch starting at the next of them, and share the budget: a
+        # backlog's blocks then mix partitions, hence message keys, which the Kafka engine splits into parts
+        # inserted side by side, instead of draining one partition after another.
+        behind: list[TopicPartition] = []
+        rest: list[TopicPartition] = []
+        for tp, position in self._positions.items():
+            (behind if self.highwater.get(tp, position + 1) > position else rest).append(tp)
+        self._turn = (self._turn + 1) % max(1, len(behind))
+        order = behind[self._turn :] + behind[: self._turn] + rest
+        per_partition = max(64 * 1024, min(self._max_partition_bytes, budget // max(1, len(behind))))
+        for node, tps in self._by_leader(order).items():
             topics = _by_topic(tps, lambda tp: (tp.partition, self._positions[tp], per_partition))
             requests.append(self._client.send(node, FetchRequest(wait_ms, 1, budget, _READ_UNCOMMITTED, topics)))
         if not requests:

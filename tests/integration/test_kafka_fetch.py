@@ -133,3 +133,36 @@ def test_a_topic_created_after_the_consumer_started_is_consumed(broker: str) -> 
 
     got = asyncio.run(run())
     assert (got.values, got.offsets, [tp.topic for tp, _ in got.runs]) == ([b'{"late":1}'], [0], ["fetch.late"])
+
+
+def test_each_fetch_starts_at_the_next_partition_with_a_backlog(broker: str) -> None:
+    """A broker fills its answer partition by partition, in request order: with a backlog in 3 of 12
+    partitions, fetches taking a few rows each must start at each of the 3 in turn, not drain one first
+    (a block of one partition has one message key, which the Kafka engine cannot split into parts)."""
+    topic, loaded = "fetch.turns", (2, 5, 9)
+
+    async def run() -> list[int]:
+        await ensure_topics(broker, {topic: 12})
+        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        await producer.start()
+        try:
+            for i in range(300):
+                await producer.send(topic, b'{"n":%d}' % i, key=b"k", partition=loaded[i % 3])
+            await producer.flush()
+        finally:
+            await producer.stop()
+        fetcher = GroupFetcher(broker, "fetch-turns", (topic,), max_wait_ms=100)
+        await fetcher.start()
+        try:
+            firsts = []
+            for _ in range(4):
+                got = await fetcher.fetch(40, 200)
+                assert len(got) == 40
+                firsts.append(got.runs[0][0].partition)
+            return firsts
+        finally:
+            await fetcher.stop()
+
+    firsts = asyncio.run(run())
+    # the first fetch learns where each partition ends; from then on every fetch opens with the next one
+    assert sorted(firsts[1:]) == list(loaded), firsts
