@@ -42,10 +42,10 @@ from aiokafka.record.default_records import DefaultRecordBase, DefaultRecordBatc
 
 from bench.receive_floor import receive_floor
 from feed_handlers.exchanges import VENUES
-from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument, topic_names
 from feed_handlers.publisher import KafkaSink, Message, Publisher
+from k2.gc_policy import tune_gc
 from k2.topics import ensure_topics
 from tests.support import tansu_broker
 

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 
-from feed_handlers.gc_policy import tune_gc
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.health import HealthServer
 from feed_handlers.instruments import EXCHANGES, ExchangeConfig, load_instruments, topic_names
@@ -15,6 +14,7 @@ from feed_handlers.recovery import recover_last_trades
 from feed_handlers.state import LastTrade
 from feed_handlers.transport import WebSocketTransport
 from k2.errors import ConfigError
+from k2.gc_policy import tune_gc
 from k2.settings import Settings
 
 __all__ = ["default_metrics_port", "run_handler"]

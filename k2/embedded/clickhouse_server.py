@@ -21,6 +21,7 @@ from pathlib import Path
 from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.http_server import ClickHouseHTTPServer
 from k2.embedded.kafka_engine import KafkaEngine
+from k2.gc_policy import tune_gc
 from k2.settings import load_settings
 
 __all__ = ["DRAIN_TIMEOUT_S", "main", "serve"]
@@ -40,6 +41,7 @@ async def serve(data_dir: Path, host: str, port: int, password: str = "") -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     kafka = KafkaEngine(engine)
+    tune_gc()  # the consumers decode a record object per message: see k2.gc_policy
     http.start()
     log.info("embedded ClickHouse (chDB) listening on http://%s:%d, data in %s", host, http.port, data_dir)
     consumers = asyncio.create_task(kafka.run(), name="kafka-engine")

@@ -1,5 +1,5 @@
-"""The feed handler's garbage-collector policy (feed_handlers/gc_policy.py), in a fresh interpreter so that
-pytest's own collector settings are neither used nor changed."""
+"""The garbage-collector policy of the feed handlers and the embedded ClickHouse (k2/gc_policy.py), in a
+fresh interpreter so that pytest's own collector settings are neither used nor changed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 _PROBE = """
 import gc, json
-from feed_handlers.gc_policy import YOUNG_THRESHOLD, tune_gc
+from k2.gc_policy import YOUNG_THRESHOLD, tune_gc
 
 def young():
     return gc.get_stats()[0]["collections"]
