@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block
 from k2.embedded.kafka_fetch import Fetched
 from k2.migrations import default_sql_dir, discover, migrate
-from k2.settings import KAFKA_LINGER_MS
+from k2.settings import KAFKA_LINGER_MS, load_settings
 from k2.topics import ensure_topics
 from tests.support import cpu_seconds, free_port, http_ok, tansu_broker, wait_for
 
@@ -98,19 +100,20 @@ async def paced(bootstrap: str, rate: int, seconds: float, first_id: int, linger
     return sent
 
 
-def chain_floor(n: int, block_rows: int = 65_536) -> float:
+def chain_floor(n: int, block_rows: int = 65_536, lanes: int = 1) -> float:
     """Rows/s of the embedded ClickHouse's insert chain alone, in this process.
 
     The blocks the Kafka-table consumer inserts (queue -> bronze -> silver -> gold 1m -> five roll-ups),
     built from the same records beforehand and inserted one after another: no broker, no fetch, no
-    overlap. What topic -> silver would reach if consuming cost nothing.
+    overlap. What topic -> silver would reach if consuming cost nothing. ``lanes`` as the embedded server's
+    ``K2_CLICKHOUSE_INSERT_LANES``.
     """
     now_ns = time.time_ns()
     blocks = []
-    for first in range(0, n, block_rows):
-        rows = range(first, min(n, first + block_rows))
+    for first in range(0, n, block_rows * lanes):  # a poll's worth: lanes x kafka_max_block_size
+        rows = range(first, min(n, first + block_rows * lanes))
         blocks.append(build_block(Fetched(
-            values=[record(i, now_ns + i, now_ns + i) for i in rows], keys=[b"BTCUSDT"] * len(rows),
+            values=[record(i, now_ns + i, now_ns + i) for i in rows], keys=[SYMBOLS[i % len(SYMBOLS)][0].encode() for i in rows],
             offsets=list(rows), timestamps=[now_ns // 1_000_000] * len(rows), runs=[(TopicPartition(TOPIC, 0), len(rows))],
         )))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="k2-bench-chain-") as tmp:
@@ -120,11 +123,12 @@ def chain_floor(n: int, block_rows: int = 65_536) -> float:
             for migration in discover(default_sql_dir()):
                 engine.execute(migration.render({"KAFKA_BROKER_LIST": "127.0.0.1:9"}))  # never contacted
             (spec,) = [s for s in engine.kafka_tables() if s.table == "binance_trades_queue"]
-            consumer = KafkaTableConsumer(engine, spec)
+            consumer = KafkaTableConsumer(engine, dataclasses.replace(spec, max_block_size=block_rows), lanes=lanes)
             start = time.perf_counter()
             for block in blocks:
                 consumer.insert(block)
             elapsed = time.perf_counter() - start
+            consumer.close()
             landed = int(engine.execute("SELECT count() FROM k2.silver_trades").data)
             assert landed == n, f"silver holds {landed} rows, expected {n}"
         finally:
@@ -144,13 +148,15 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chain-floor", action="store_true", help="only time the insert chain in-process")
+    parser.add_argument("--lanes", type=int, default=load_settings().clickhouse_insert_lanes,
+                        help="K2_CLICKHOUSE_INSERT_LANES of the embedded ClickHouse (default: the setting's)")  # fmt: skip
     parser.add_argument("--linger-ms", type=int, default=KAFKA_LINGER_MS, help="paced producer's linger (default: "
                         "the handlers')")  # fmt: skip
     args = parser.parse_args()
     if args.chain_floor:
         for _ in range(3):
-            print(f"insert chain alone (in-process, {args.trades} rows in blocks of 65,536): "
-                  f"{chain_floor(args.trades):,.0f} rows/s")  # fmt: skip
+            print(f"insert chain alone (in-process, {args.trades} rows in blocks of 65,536, {args.lanes} lanes): "
+                  f"{chain_floor(args.trades, lanes=args.lanes):,.0f} rows/s")  # fmt: skip
         return
 
     work = Path(tempfile.mkdtemp(prefix="k2-bench-"))
@@ -167,6 +173,7 @@ def main() -> None:
             clickhouse = subprocess.Popen(
                 [sys.executable, "-m", "k2.embedded.clickhouse_server", "--data-dir", str(work / "ch"), "--port", str(ch_port)],
                 stdout=(work / "clickhouse.log").open("wb"), stderr=subprocess.STDOUT,
+                env={**os.environ, "K2_CLICKHOUSE_INSERT_LANES": str(args.lanes)},
             )  # fmt: skip
             wait_for(lambda: http_ok(f"http://127.0.0.1:{ch_port}/ping"), 60, "embedded ClickHouse")
             client = clickhouse_connect.get_client(host="127.0.0.1", port=ch_port)
@@ -189,7 +196,7 @@ def main() -> None:
             ).result_rows[0]
             span_s = span_us / 1e6
             rss, peak = rss_mb(clickhouse.pid)
-            print(f"topic -> silver: {args.trades} trades, {args.trades / wall_s:,.0f} rows/s wall clock "
+            print(f"topic -> silver ({args.lanes} insert lanes): {args.trades} trades, {args.trades / wall_s:,.0f} rows/s wall clock "
                   f"(schema creation, consumer group join included: {wall_s:.1f}s); "
                   f"{(args.trades - last_rows) / span_s:,.0f} rows/s from the first silver insert's start to the "
                   f"last one's ({span_s:.1f}s, the last insert's {last_rows:,} rows not counted)")  # fmt: skip

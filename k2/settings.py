@@ -49,6 +49,10 @@ class Settings(BaseModel):
     clickhouse_kafka_brokers: str = Field(
         default="", description="brokers as ClickHouse's Kafka engine sees them; empty = kafka_bootstrap"
     )
+    clickhouse_insert_lanes: int = Field(
+        default=2, ge=1, le=16,
+        description="embedded ClickHouse: key-disjoint parts of a Kafka block inserted at once (chDB connections)",
+    )  # fmt: skip
     startup_timeout_s: float = 60.0
     replay_port_base: int = Field(default=9201, description="k2 up --replay: binance, kraken, coinbase ports")
     handler_metrics_port_base: int = Field(default=9101, description="handlers' /metrics: binance, kraken, coinbase")

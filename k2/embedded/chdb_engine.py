@@ -27,7 +27,7 @@ from k2.embedded.kafka_ddl import (
 )
 from k2.errors import ClickHouseError
 
-__all__ = ["ChdbEngine", "Result"]
+__all__ = ["ChdbEngine", "InsertLane", "Result"]
 
 _CODE = re.compile(r"Code:\s*(\d+)")
 _DDL = re.compile(r"^\s*(CREATE|DROP|ATTACH|DETACH|RENAME|EXCHANGE)\b", re.IGNORECASE)
@@ -59,13 +59,56 @@ def _translate(exc: BaseException) -> ClickHouseError:
     return ClickHouseError(message, code, retriable=code in _RETRIABLE_CODES)
 
 
+def _run(conn: Any, sql: str, fmt: str, params: Mapping[str, str] | None, k2_arrow: Any) -> Result:
+    # chDB resolves Python(k2_arrow) by looking the name up in the calling frame's locals.
+    try:
+        res = conn.query(sql, fmt, params=dict(params)) if params else conn.query(sql, fmt)
+    except Exception as exc:
+        raise _translate(exc) from exc
+    del k2_arrow
+    return Result(res.bytes(), int(res.rows_read()), float(res.elapsed()))
+
+
+class InsertLane:
+    """One more connection to the engine's data directory, for inserts that run beside the session's.
+
+    chDB runs one statement per connection at a time, and runs it on one thread; statements on two
+    connections to the same directory run in parallel (chDB >= 4.4). A lane takes plain statements only:
+    fully qualified names, no ``USE``, query parameters, session settings or DDL (those are the session's).
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def execute(self, sql: str, fmt: str = "TabSeparated", arrow: Any = None) -> Result:
+        """Run one statement; ``arrow`` (a pyarrow Table) is readable inside ``sql`` as ``Python(k2_arrow)``."""
+        with self._lock:
+            if self._closed:
+                raise ClickHouseError("Server is shutting down", 210, retriable=True)
+            return _run(self._conn, sql, fmt, None, arrow)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+
 class ChdbEngine:
-    """Serialised access to a chDB session rooted at ``data_dir``."""
+    """Serialised access to a chDB session rooted at ``data_dir``, plus insert lanes beside it."""
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._path = str(data_dir)
         self._lock = threading.RLock()
-        self._conn: Any = chdb.connect(str(data_dir))  # type: ignore[no-untyped-call]
+        self._conn: Any = chdb.connect(self._path)  # type: ignore[no-untyped-call]
+        self._lanes: list[InsertLane] = []
         self._database = "default"
         self._ddl_listeners: list[Callable[[], None]] = []
         self._closed = False
@@ -113,13 +156,17 @@ class ChdbEngine:
         return result
 
     def _query(self, sql: str, fmt: str, params: Mapping[str, str] | None, k2_arrow: Any) -> Result:
-        # chDB resolves Python(k2_arrow) by looking the name up in the calling frame's locals.
-        try:
-            res = self._conn.query(sql, fmt, params=dict(params)) if params else self._conn.query(sql, fmt)
-        except Exception as exc:
-            raise _translate(exc) from exc
-        del k2_arrow
-        return Result(res.bytes(), int(res.rows_read()), float(res.elapsed()))
+        return _run(self._conn, sql, fmt, params, k2_arrow)
+
+    def open_lane(self) -> InsertLane:
+        """A new connection to this data directory (see ``InsertLane``); closed by ``close()`` at the latest."""
+        with self._lock:
+            if self._closed:
+                raise ClickHouseError("Server is shutting down", 210, retriable=True)
+            self._lanes = [lane for lane in self._lanes if not lane.closed]
+            lane = InsertLane(chdb.connect(self._path))  # type: ignore[no-untyped-call]
+            self._lanes.append(lane)
+            return lane
 
     @contextmanager
     def session_settings(self, settings: Mapping[str, str]) -> Iterator[None]:
@@ -174,4 +221,6 @@ class ChdbEngine:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                for lane in self._lanes:  # before the session: the last connection out unbinds the directory
+                    lane.close()
                 self._conn.close()

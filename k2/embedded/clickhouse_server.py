@@ -32,15 +32,15 @@ DRAIN_TIMEOUT_S = 10.0
 log = logging.getLogger("k2.clickhouse")
 
 
-async def serve(data_dir: Path, host: str, port: int, password: str = "") -> None:
-    """Serve until SIGTERM/SIGINT."""
+async def serve(data_dir: Path, host: str, port: int, password: str = "", lanes: int = 1) -> None:
+    """Serve until SIGTERM/SIGINT. ``lanes``: see ``KafkaEngine``."""
     engine = ChdbEngine(data_dir / "chdb")
     http = ClickHouseHTTPServer(engine, host, port, data_dir / "tmp", password=password)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    kafka = KafkaEngine(engine)
+    kafka = KafkaEngine(engine, lanes=lanes)
     tune_gc()  # the consumers decode a record object per message: see k2.gc_policy
     http.start()
     log.info("embedded ClickHouse (chDB) listening on http://%s:%d, data in %s", host, http.port, data_dir)
@@ -77,8 +77,9 @@ def main() -> None:
     # the connection string says: run in the stack's data dir, which holds the Iceberg warehouse.
     data_dir = args.data_dir.resolve()
     os.chdir(data_dir.parent)
-    password = load_settings().clickhouse_password.get_secret_value()  # from K2_CLICKHOUSE_PASSWORD, never argv
-    asyncio.run(serve(data_dir, args.host, args.port, password))
+    settings = load_settings()
+    password = settings.clickhouse_password.get_secret_value()  # from K2_CLICKHOUSE_PASSWORD, never argv
+    asyncio.run(serve(data_dir, args.host, args.port, password, settings.clickhouse_insert_lanes))
 
 
 if __name__ == "__main__":

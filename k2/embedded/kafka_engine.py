@@ -17,21 +17,24 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
-from k2.embedded.chdb_engine import ChdbEngine
+from k2.embedded.chdb_engine import ChdbEngine, InsertLane
 from k2.embedded.kafka_ddl import VIRTUAL_COLUMNS, KafkaTableSpec
 from k2.embedded.kafka_fetch import Fetched, GroupFetcher
 from k2.errors import ClickHouseError
 from k2.gold_repair import repair_gold
 
-__all__ = ["KafkaEngine", "KafkaTableConsumer", "build_block"]
+__all__ = ["KafkaEngine", "KafkaTableConsumer", "build_block", "split_by_key"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,31 @@ def _header_columns(headers: list[Sequence[tuple[str, bytes]]], rows: int) -> tu
             pa.array([[v for _, v in h] for h in headers], pa.list_(pa.binary())))  # fmt: skip
 
 
+def split_by_key(block: pa.Table, lanes: int) -> list[pa.Table]:
+    """``block`` as at most ``lanes`` blocks that share no message key, each keeping its rows' order.
+
+    Whole keys go to the lane with the fewest rows so far, largest key first, so the parts come out as
+    even as the keys allow. Every message of a trade carries the same key (its venue symbol, DESIGN.md),
+    so duplicates of a trade always land in the same part: silver's gate and ``LIMIT 1 BY`` see them
+    together, as they would in one block.
+    """
+    if lanes < 2 or block.num_rows < 2:
+        return [block]
+    keys = block.column("key")
+    counts = pc.value_counts(keys)
+    if len(counts) < 2:
+        return [block]
+    sizes = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True),
+                   key=lambda kv: -kv[1])  # fmt: skip
+    loads = [0] * lanes
+    members: list[list[bytes]] = [[] for _ in range(lanes)]
+    for key, rows in sizes:
+        lane = loads.index(min(loads))
+        loads[lane] += rows
+        members[lane].append(key)
+    return [block.filter(pc.is_in(keys, value_set=pa.array(m, pa.binary()))) for m in members if m]
+
+
 @dataclass(frozen=True)
 class _Statements:
     insert: str
@@ -132,11 +160,25 @@ def _statements(spec: KafkaTableSpec, columns: list[tuple[str, str]]) -> _Statem
 
 
 class KafkaTableConsumer:
-    """Consumes one Kafka table's topics into it, committing offsets after each successful insert."""
+    """Consumes one Kafka table's topics into it, committing offsets after each successful insert.
 
-    def __init__(self, engine: ChdbEngine, spec: KafkaTableSpec) -> None:
+    With ``lanes`` above 1, a poll may take up to ``lanes`` x ``kafka_max_block_size`` messages, and a
+    block of more than ``kafka_max_block_size`` is inserted as up to ``lanes`` parts that share no
+    message key (``split_by_key``), at once, each on its own chDB connection: chDB runs an insert and
+    the whole materialized-view chain behind it on one thread, where clickhouse-server would use
+    several. The block's offsets are committed once, after every part was inserted. A block that fits
+    in one part (any quiet stream) is inserted as it is: splitting it would pay each insert's fixed
+    cost twice for no gain.
+    """
+
+    def __init__(self, engine: ChdbEngine, spec: KafkaTableSpec, *, lanes: int = 1) -> None:
         self.spec = spec
         self._engine = engine
+        self._lanes = lanes
+        self._capacity = spec.max_block_size * lanes  # messages a block may hold
+        self._extra_lanes: list[InsertLane] = []  # opened on the first split block
+        self._pool: ThreadPoolExecutor | None = None
+        self._lane_lock = threading.Lock()
         self._label = f"{spec.database}.{spec.table}"
         self._statements: _Statements | None = None
         #: Fetches started so far, and the number of the last one that found nothing new while nothing was
@@ -168,10 +210,48 @@ class KafkaTableConsumer:
             if broken > self.spec.skip_broken_messages:
                 BROKEN.labels(self._label).inc(broken)
                 raise ClickHouseError(f"{_NOT_OBJECT}: {broken} broken messages in block", 117)
-        self._engine.execute(statements.insert, arrow=block)
+        parts = min(self._lanes, -(-block.num_rows // self.spec.max_block_size))
+        first, *others = split_by_key(block, parts)
+        if not others:
+            self._engine.execute(statements.insert, arrow=first)
+            return
+        with self._lane_lock:  # against close() from the event loop, when a cancelled consumer's insert runs on
+            if self._pool is None:
+                self._extra_lanes = [self._engine.open_lane() for _ in range(self._lanes - 1)]
+                self._pool = ThreadPoolExecutor(self._lanes - 1, thread_name_prefix=f"k2-lane-{self.spec.table}")
+            running = [self._pool.submit(lane.execute, statements.insert, arrow=part)
+                       for lane, part in zip(self._extra_lanes, others, strict=False)]  # fmt: skip
+        error: ClickHouseError | None = None
+        try:
+            self._engine.execute(statements.insert, arrow=first)
+        except ClickHouseError as exc:
+            error = exc
+        for future in running:  # every part has finished, one way or the other, before the block is judged
+            try:
+                future.result()
+            except ClickHouseError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Close the extra lanes, once the parts running on them have finished."""
+        with self._lane_lock:
+            pool, lanes = self._pool, self._extra_lanes
+            self._pool, self._extra_lanes = None, []
+        if pool is not None:
+            pool.shutdown()
+        for lane in lanes:
+            lane.close()
 
     async def run(self) -> None:
         """Consume until cancelled. Broker outages and failed inserts are retried with capped backoff."""
+        try:
+            await self._consume_with_retries()
+        finally:
+            self.close()
+
+    async def _consume_with_retries(self) -> None:
         attempt = 0
         while True:
             fetcher = GroupFetcher(
@@ -201,10 +281,11 @@ class KafkaTableConsumer:
         """Fetch into a block, insert it, commit it.
 
         Fetching continues while an insert runs (chDB releases the GIL), so a block holds whatever
-        arrived during the previous insert, up to ``kafka_max_block_size``: blocks grow with load and
-        stay small (low latency) when the stream is quiet. A full block is built while the insert before
-        it runs and starts as soon as that insert returns, before its offsets are committed, so chDB's
-        thread does not wait for the broker or for Python. Inserts and commits stay strictly in order.
+        arrived during the previous insert, up to ``lanes`` x ``kafka_max_block_size`` messages: blocks
+        grow with load and stay small (low latency) when the stream is quiet. A full block is built while
+        the insert before it runs and starts as soon as that insert returns, before its offsets are
+        committed, so chDB's threads do not wait for the broker or for Python. Inserts and commits stay
+        strictly in order.
         """
         failures = 0
         pending = Fetched()
@@ -215,7 +296,7 @@ class KafkaTableConsumer:
         fetches = FETCHES.labels(self._label)
         try:
             while True:
-                room = self.spec.max_block_size - len(pending)
+                room = self._capacity - len(pending)
                 if room > 0 and ready is None and not (inflight is None and len(pending)):
                     if inflight is not None:
                         await self._pace_fetch(inflight[0], next_fetch)
@@ -228,7 +309,7 @@ class KafkaTableConsumer:
                     if not len(fetched) and not len(pending) and inflight is None and ready is None:
                         self.caught_up_at = started
                         self.progress.set()
-                if ready is None and len(pending) >= self.spec.max_block_size:
+                if ready is None and len(pending) >= self._capacity:
                     ready, pending = self._seal(pending)
                 if inflight is not None and (inflight[0].done() or ready is not None):
                     task, done = inflight
@@ -305,10 +386,14 @@ class KafkaTableConsumer:
 
 
 class KafkaEngine:
-    """Keeps one consumer task per Kafka table in the chDB data directory, in step with DDL."""
+    """Keeps one consumer task per Kafka table in the chDB data directory, in step with DDL.
 
-    def __init__(self, engine: ChdbEngine) -> None:
+    ``lanes``: how many key-disjoint parts of a block each consumer inserts at once (``KafkaTableConsumer``).
+    """
+
+    def __init__(self, engine: ChdbEngine, *, lanes: int = 1) -> None:
         self._engine = engine
+        self._lanes = lanes
         self._running: dict[KafkaTableSpec, tuple[KafkaTableConsumer, asyncio.Task[None]]] = {}
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -339,7 +424,7 @@ class KafkaEngine:
                 del self._running[spec]
         for spec in wanted - set(self._running):
             log.info("kafka table %s.%s: consuming %s", spec.database, spec.table, ",".join(spec.topics))
-            consumer = KafkaTableConsumer(self._engine, spec)
+            consumer = KafkaTableConsumer(self._engine, spec, lanes=self._lanes)
             task = asyncio.create_task(consumer.run(), name=spec.table)
             task.add_done_callback(lambda _t: self._changed.set())
             self._running[spec] = (consumer, task)
