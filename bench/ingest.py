@@ -27,8 +27,9 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from k2.embedded.chdb_engine import ChdbEngine
-from k2.embedded.kafka_engine import KafkaTableConsumer, build_block
-from k2.embedded.kafka_fetch import Fetched
+from k2.embedded.kafka_engine import KafkaTableConsumer, build_block, split_by_key
+from k2.embedded.kafka_fetch import Fetched, GroupFetcher
+from k2.gc_policy import tune_gc
 from k2.migrations import default_sql_dir, discover, migrate
 from k2.settings import KAFKA_LINGER_MS, load_settings
 from k2.topics import ensure_topics
@@ -136,6 +137,23 @@ def chain_floor(n: int, block_rows: int = 65_536, lanes: int = 1) -> float:
     return n / elapsed
 
 
+async def fetch_floor(bootstrap: str, n: int, lanes: int) -> tuple[float, float]:
+    """(rows/s, share of a core) of the Kafka engine's consumer alone: fetch ``n`` filled messages and build
+    (and split) their blocks as the consumer does, inserting nothing. Under the embedded server's GC policy."""
+    fetcher = GroupFetcher(bootstrap, f"k2-bench-fetch-{time.time_ns()}", (TOPIC,), max_wait_ms=100)
+    await fetcher.start()
+    try:
+        got, start, cpu = 0, time.perf_counter(), time.process_time()
+        while got < n:
+            fetched = await fetcher.fetch(65_536 * lanes, 100)
+            got += len(fetched)
+            split_by_key(build_block(fetched), lanes)
+        elapsed = time.perf_counter() - start
+        return got / elapsed, (time.process_time() - cpu) / elapsed
+    finally:
+        await fetcher.stop()
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
@@ -148,6 +166,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chain-floor", action="store_true", help="only time the insert chain in-process")
+    parser.add_argument("--fetch-floor", action="store_true", help="only time the consumer's fetch and blocks")
     parser.add_argument("--lanes", type=int, default=load_settings().clickhouse_insert_lanes,
                         help="K2_CLICKHOUSE_INSERT_LANES of the embedded ClickHouse (default: the setting's)")  # fmt: skip
     parser.add_argument("--linger-ms", type=int, default=KAFKA_LINGER_MS, help="paced producer's linger (default: "
@@ -157,6 +176,17 @@ def main() -> None:
         for _ in range(3):
             print(f"insert chain alone (in-process, {args.trades} rows in blocks of 65,536, {args.lanes} lanes): "
                   f"{chain_floor(args.trades, lanes=args.lanes):,.0f} rows/s")  # fmt: skip
+        return
+
+    if args.fetch_floor:
+        tune_gc()  # as the embedded server does
+        with tansu_broker() as (kafka, _):
+            asyncio.run(ensure_topics(kafka, {TOPIC: args.partitions}))
+            asyncio.run(fill(kafka, args.trades))
+            for _ in range(3):
+                rate, core = asyncio.run(fetch_floor(kafka, args.trades, args.lanes))
+                print(f"consumer alone (fetch, decode, build and split blocks; no insert): {rate:,.0f} rows/s "
+                      f"using {core:.0%} of a core")  # fmt: skip
         return
 
     work = Path(tempfile.mkdtemp(prefix="k2-bench-"))
