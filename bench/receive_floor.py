@@ -16,28 +16,18 @@ import asyncio
 import multiprocessing
 import os
 import socket
-import struct
 import time
 from collections.abc import Sequence
 
+from websockets.frames import Frame, Opcode
 from websockets.utils import accept_key
 
 from feed_handlers.transport import WebSocketTransport
 
 
 def encode_frames(frames: Sequence[bytes]) -> bytes:
-    """``frames`` as consecutive unmasked, unfragmented text frames (RFC 6455 section 5.2)."""
-    out = bytearray()
-    for payload in frames:
-        n = len(payload)
-        if n < 126:
-            out += struct.pack("!BB", 0x81, n)
-        elif n < 1 << 16:
-            out += struct.pack("!BBH", 0x81, 126, n)
-        else:
-            out += struct.pack("!BBQ", 0x81, 127, n)
-        out += payload
-    return bytes(out)
+    """``frames`` as consecutive unmasked text frames, as a server sends them (websockets' own serializer)."""
+    return b"".join(Frame(Opcode.TEXT, payload).serialize(mask=False) for payload in frames)
 
 
 def _serve(listener: socket.socket, stream: bytes, core: int) -> None:
