@@ -59,6 +59,10 @@ def _translate(exc: BaseException) -> ClickHouseError:
     return ClickHouseError(message, code, retriable=code in _RETRIABLE_CODES)
 
 
+def _shutting_down() -> ClickHouseError:
+    return ClickHouseError("Server is shutting down", 210, retriable=True)
+
+
 def _run(conn: Any, sql: str, fmt: str, params: Mapping[str, str] | None, k2_arrow: Any) -> Result:
     # chDB resolves Python(k2_arrow) by looking the name up in the calling frame's locals.
     try:
@@ -86,7 +90,7 @@ class InsertLane:
         """Run one statement; ``arrow`` (a pyarrow Table) is readable inside ``sql`` as ``Python(k2_arrow)``."""
         with self._lock:
             if self._closed:
-                raise ClickHouseError("Server is shutting down", 210, retriable=True)
+                raise _shutting_down()
             return _run(self._conn, sql, fmt, None, arrow)
 
     @property
@@ -138,7 +142,7 @@ class ChdbEngine:
         use = _USE.match(bare)
         with self._lock:
             if self._closed:
-                raise ClickHouseError("Server is shutting down", 210, retriable=True)
+                raise _shutting_down()
             if database and database != self._database:
                 if not re.fullmatch(r"\w+", database):
                     raise ClickHouseError(f"Database name is not valid: {database[:40]!r}", 81)
@@ -162,7 +166,7 @@ class ChdbEngine:
         """A new connection to this data directory (see ``InsertLane``); closed by ``close()`` at the latest."""
         with self._lock:
             if self._closed:
-                raise ClickHouseError("Server is shutting down", 210, retriable=True)
+                raise _shutting_down()
             self._lanes = [lane for lane in self._lanes if not lane.closed]
             lane = InsertLane(chdb.connect(self._path))  # type: ignore[no-untyped-call]
             self._lanes.append(lane)
