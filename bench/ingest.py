@@ -30,10 +30,10 @@ from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block, split_by_key
 from k2.embedded.kafka_fetch import Fetched, GroupFetcher
 from k2.gc_policy import tune_gc
-from k2.migrations import default_sql_dir, discover, migrate
+from k2.migrations import default_sql_dir, migrate
 from k2.settings import KAFKA_LINGER_MS, load_settings
 from k2.topics import ensure_topics
-from tests.support import cpu_seconds, free_port, http_ok, tansu_broker, wait_for
+from tests.support import cpu_seconds, create_schema, free_port, http_ok, tansu_broker, wait_for
 
 TOPIC = "market.crypto.trades.binance"
 SYMBOLS = [("BTCUSDT", "BTC-USDT"), ("ETHUSDT", "ETH-USDT"), ("SOLUSDT", "SOL-USDT"), ("BNBUSDT", "BNB-USDT")]
@@ -120,10 +120,7 @@ def chain_floor(n: int, block_rows: int = 65_536, lanes: int = 1) -> float:
     with tempfile.TemporaryDirectory(prefix="k2-bench-chain-") as tmp:
         engine = ChdbEngine(Path(tmp))
         try:
-            engine.execute("CREATE DATABASE k2")
-            for migration in discover(default_sql_dir()):
-                engine.execute(migration.render({"KAFKA_BROKER_LIST": "127.0.0.1:9"}))  # never contacted
-            (spec,) = [s for s in engine.kafka_tables() if s.table == "binance_trades_queue"]
+            spec = create_schema(engine)["binance_trades_queue"]
             consumer = KafkaTableConsumer(engine, dataclasses.replace(spec, max_block_size=block_rows), lanes=lanes)
             start = time.perf_counter()
             for block in blocks:

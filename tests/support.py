@@ -21,7 +21,10 @@ import clickhouse_connect
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.components import tansu_binary, tcp_open
+from k2.embedded.kafka_ddl import KafkaTableSpec
+from k2.migrations import default_sql_dir, discover
 from k2.topics import ensure_topics
 
 T = TypeVar("T")
@@ -47,6 +50,15 @@ exchanges:
     partitions: 2
     symbols: [BTC-USD]
 """
+
+
+def create_schema(engine: ChdbEngine) -> dict[str, KafkaTableSpec]:
+    """Every migration applied in an in-process chDB engine, whose Kafka tables never reach a broker (they
+    stream only under the embedded server); returns the Kafka tables' specs by table name."""
+    engine.execute("CREATE DATABASE k2")
+    for migration in discover(default_sql_dir()):
+        engine.execute(migration.render({"KAFKA_BROKER_LIST": "127.0.0.1:9"}))  # never contacted
+    return {spec.table: spec for spec in engine.kafka_tables()}
 
 
 def free_port() -> int:

@@ -25,8 +25,7 @@ from k2.embedded.chdb_engine import ChdbEngine
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block, split_by_key
 from k2.embedded.kafka_fetch import Fetched
 from k2.gold_repair import GOLD_LEVELS
-from k2.migrations import default_sql_dir, discover
-from tests.support import topic, trade
+from tests.support import create_schema, topic, trade
 
 SYMBOLS = ["LNA-USDT", "LNB-USDT", "LNC-USDT", "LND-USDT", "LNE-USDT", "LNF-USDT"]
 PART_ROWS = 400
@@ -35,9 +34,6 @@ PART_ROWS = 400
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[ChdbEngine]:
     engine = ChdbEngine(tmp_path / "chdb")
-    engine.execute("CREATE DATABASE k2")
-    for migration in discover(default_sql_dir()):
-        engine.execute(migration.render({"KAFKA_BROKER_LIST": "127.0.0.1:9"}))  # never contacted
     yield engine
     engine.close()
 
@@ -98,7 +94,7 @@ def test_split_blocks_keep_silver_unique_and_gold_exact(engine: ChdbEngine) -> N
     unique, duplicates = _deliveries(rng, 3_000)
     deliveries = unique + duplicates
     rng.shuffle(deliveries)
-    (spec,) = [s for s in engine.kafka_tables() if s.table == "binance_trades_queue"]
+    spec = create_schema(engine)["binance_trades_queue"]
     consumer = KafkaTableConsumer(engine, dataclasses.replace(spec, max_block_size=PART_ROWS), lanes=2)
     try:
         block_rows = 2 * PART_ROWS
