@@ -50,7 +50,7 @@ class Settings(BaseModel):
         default="", description="brokers as ClickHouse's Kafka engine sees them; empty = kafka_bootstrap"
     )
     clickhouse_insert_lanes: int = Field(
-        default=2, ge=1, le=16,
+        default=1, ge=1, le=16,
         description="embedded ClickHouse: key-disjoint parts of a Kafka block inserted at once (chDB connections)",
     )  # fmt: skip
     startup_timeout_s: float = 60.0
