@@ -20,19 +20,35 @@ from offload.state import StateStore
 from tests.offload.helpers import cold_candles, cold_silver, hot_candles, hot_silver, minutes_ago_ns, publish_trades
 from tests.support import Stack, http_ok, running_stack, wait_for
 
+# What Prefect's own client retries (prefect.client.base, PREFECT_CLIENT_MAX_RETRIES = 5). The server answers
+# 503 when its SQLite database was busy ("database is locked"): the request's transaction was rolled back and
+# the server asks the client to send it again. A client that does not is not a Prefect client.
+_RETRY_CODES = frozenset({429, 502, 503})
+_MAX_RETRIES = 5
+
+
+def _call(request: urllib.request.Request | str) -> Any:
+    attempt = 0
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code not in _RETRY_CODES or attempt == _MAX_RETRIES:
+                raise
+        time.sleep(min(10.0, 0.5 * 2**attempt))  # backoff before the retry, as Prefect's client does
+        attempt += 1
+
 
 def _api(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
+    return _call(urllib.request.Request(
         f"{base}/api{path}", data=json.dumps(body or {}).encode(), method="POST",
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    ))  # fmt: skip
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+    return _call(url)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +144,7 @@ def test_prefect_server_killed_mid_run_then_restarted_leaves_cold_with_each_trad
     def trigger() -> Any:
         try:
             return _api(prefect, f"/deployments/{offload['id']}/create_flow_run", {"parameters": parameters})
-        except urllib.error.HTTPError as exc:  # seen once: 503 for a moment after the restart; the UI user retries
+        except urllib.error.HTTPError as exc:  # 503 past _call's retries, for a moment after the restart
             if exc.code != 503:
                 raise
             refusals.append(exc.code)
