@@ -139,25 +139,15 @@ def test_prefect_server_killed_mid_run_then_restarted_leaves_cold_with_each_trad
     first_state = _finish(prefect, first["id"])
     first_end_s = time.monotonic() - killed_at
 
-    refusals: list[int] = []
-
-    def trigger() -> Any:
-        try:
-            return _api(prefect, f"/deployments/{offload['id']}/create_flow_run", {"parameters": parameters})
-        except urllib.error.HTTPError as exc:  # 503 past _call's retries, for a moment after the restart
-            if exc.code != 503:
-                raise
-            refusals.append(exc.code)
-            return None
-
-    second = wait_for(trigger, 30, "a run triggered on the restarted server")
+    # a 503 for a moment after the restart is retried by _call, as by Prefect's client (and the UI's user)
+    second = _api(prefect, f"/deployments/{offload['id']}/create_flow_run", {"parameters": parameters})
     second_state = _finish(prefect, second["id"])
     recovered_s = time.monotonic() - killed_at
     cold = cold_silver(settings, "PFK-%")
     ids = sorted(int(r[2]) for r in cold)
     sent = list(range(1, 61))
     print(f"Prefect server SIGKILL mid-run: server back after {back_s:.1f}s; the killed-over run ended "
-          f"{first_state} at {first_end_s:.1f}s; the next run ({len(refusals)} refused triggers) {second_state} at "
+          f"{first_state} at {first_end_s:.1f}s; the next run {second_state} at "
           f"{recovered_s:.1f}s; "
           f"sent={len(sent)} stored={len(ids)} lost={len(set(sent) - set(ids))} duplicated={len(ids) - len(set(ids))}")  # fmt: skip
 
