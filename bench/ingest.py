@@ -27,6 +27,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from k2.embedded.chdb_engine import ChdbEngine
+from k2.embedded.kafka_ddl import rewrite_create_kafka
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block, split_by_key
 from k2.embedded.kafka_fetch import Fetched, GroupFetcher
 from k2.gc_policy import tune_gc
@@ -101,7 +102,15 @@ async def paced(bootstrap: str, rate: int, seconds: float, first_id: int, linger
     return sent
 
 
-def chain_floor(n: int, block_rows: int = 65_536, lanes: int = 1) -> float:
+def shipped_block_rows() -> int:
+    """``kafka_max_block_size`` of the shipped Binance queue table: the largest block the consumer inserts."""
+    sql = (default_sql_dir() / "bronze" / "binance_trades_queue.sql").read_text()
+    rewritten = rewrite_create_kafka(sql.replace("${KAFKA_BROKER_LIST}", "127.0.0.1:9092"))
+    assert rewritten is not None
+    return rewritten[1].max_block_size
+
+
+def chain_floor(n: int, block_rows: int, lanes: int = 1) -> float:
     """Rows/s of the embedded ClickHouse's insert chain alone, in this process.
 
     The blocks the Kafka-table consumer inserts (queue -> bronze -> silver -> gold 1m -> five roll-ups),
@@ -142,7 +151,7 @@ async def fetch_floor(bootstrap: str, n: int, lanes: int) -> tuple[float, float]
     try:
         got, start, cpu = 0, time.perf_counter(), time.process_time()
         while got < n:
-            fetched = await fetcher.fetch(65_536 * lanes, 100)
+            fetched = await fetcher.fetch(shipped_block_rows() * lanes, 100)
             got += len(fetched)
             split_by_key(build_block(fetched), lanes)
         elapsed = time.perf_counter() - start
@@ -163,6 +172,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chain-floor", action="store_true", help="only time the insert chain in-process")
+    parser.add_argument("--block-rows", type=int, default=0, help="--chain-floor's block size (default: the "
+                        "shipped queue tables' kafka_max_block_size)")  # fmt: skip
     parser.add_argument("--fetch-floor", action="store_true", help="only time the consumer's fetch and blocks")
     parser.add_argument("--lanes", type=int, default=load_settings().clickhouse_insert_lanes,
                         help="K2_CLICKHOUSE_INSERT_LANES of the embedded ClickHouse (default: the setting's)")  # fmt: skip
@@ -170,9 +181,10 @@ def main() -> None:
                         "the handlers')")  # fmt: skip
     args = parser.parse_args()
     if args.chain_floor:
+        block_rows = args.block_rows or shipped_block_rows()
         for _ in range(3):
-            print(f"insert chain alone (in-process, {args.trades} rows in blocks of 65,536, {args.lanes} lanes): "
-                  f"{chain_floor(args.trades, lanes=args.lanes):,.0f} rows/s")  # fmt: skip
+            print(f"insert chain alone (in-process, {args.trades} rows in blocks of {block_rows:,}, {args.lanes} lanes): "
+                  f"{chain_floor(args.trades, block_rows, lanes=args.lanes):,.0f} rows/s")  # fmt: skip
         return
 
     if args.fetch_floor:

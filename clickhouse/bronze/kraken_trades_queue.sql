@@ -24,5 +24,5 @@ SETTINGS
     kafka_format = 'JSONEachRow',
     kafka_handle_error_mode = 'stream',
     kafka_num_consumers = 1,
-    kafka_max_block_size = 65536,
+    kafka_max_block_size = 262144,
     kafka_flush_interval_ms = 250

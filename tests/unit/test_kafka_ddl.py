@@ -24,7 +24,7 @@ def test_the_shipped_queue_ddl_rewrites_to_a_null_table_with_virtual_columns() -
         format="JSONEachRow",
         handle_error_mode="stream",
         num_consumers=1,
-        max_block_size=65536,
+        max_block_size=262144,
         flush_interval_ms=250,
     )
     assert ddl.startswith("CREATE TABLE IF NOT EXISTS `k2`.`coinbase_trades_queue`\n(\n    exchange String,")
