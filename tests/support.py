@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -61,10 +62,39 @@ def create_schema(engine: ChdbEngine) -> dict[str, KafkaTableSpec]:
     return {spec.table: spec for spec in engine.kafka_tables()}
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Below the kernel's ephemeral range: the ports free_port hands out, each at most once per process.
+_PORTS = range(max(1024, _ephemeral_low() - 12_000), _ephemeral_low())
+_handed_out: set[int] = set()
+_pick = random.Random(os.getpid() ^ time.time_ns())
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that nothing listens on, for a component a test is about to start.
+
+    Not one the kernel picks (binding port 0): that is an ephemeral port, which any outgoing connection may take as
+    its local port before the component binds it (a handler's health port was lost that way). The kernel never
+    picks ports below its ephemeral range, so one found free there stays free until a test binds it; and no port
+    is handed out twice in a process.
+    """
+    for _ in range(1000):
+        port = _pick.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}..{_PORTS.stop - 1}")
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
