@@ -21,11 +21,13 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from prometheus_client import Counter, Gauge
 
 from k2.embedded.chdb_engine import ChdbEngine, InsertLane
@@ -159,6 +161,32 @@ def _statements(spec: KafkaTableSpec, columns: list[tuple[str, str]]) -> _Statem
     return _Statements(insert, f"SELECT countIf(NOT ok) FROM ({source})")
 
 
+@dataclass
+class _Block:
+    """Fetched messages not inserted yet: one Arrow table per fetch, built as it arrived, and the offsets
+    they span per partition (what the commit after the insert, or a rewind after a failed one, needs)."""
+
+    chunks: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    first: dict[TopicPartition, int] = field(default_factory=dict)  # first offset per partition
+    next: dict[TopicPartition, int] = field(default_factory=dict)  # offset after the last one
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def add(self, fetched: Fetched) -> None:
+        if len(fetched):
+            self.chunks.append(build_block(fetched))
+            self.rows += len(fetched)
+        for tp, offset in fetched.first.items():
+            self.first.setdefault(tp, offset)
+        self.next.update(fetched.next)
+
+    def table(self) -> pa.Table:
+        """The block to insert; its columns keep one chunk per fetch (no copy)."""
+        return self.chunks[0] if len(self.chunks) == 1 else pa.concat_tables(self.chunks)
+
+
 class KafkaTableConsumer:
     """Consumes one Kafka table's topics into it, committing offsets after each successful insert.
 
@@ -186,6 +214,7 @@ class KafkaTableConsumer:
         self.fetches_started = 0
         self.caught_up_at = 0
         self.progress = asyncio.Event()  # set when caught_up_at moves
+        self._next_fetch = 0.0  # loop time before which no fetch starts while an insert runs
 
     def _prepare(self) -> _Statements:
         virtual = {n.strip("`") for n, _ in VIRTUAL_COLUMNS}
@@ -282,40 +311,42 @@ class KafkaTableConsumer:
 
         Fetching continues while an insert runs (chDB releases the GIL), so a block holds whatever
         arrived during the previous insert, up to ``lanes`` x ``kafka_max_block_size`` messages: blocks
-        grow with load and stay small (low latency) when the stream is quiet. A full block is built while
-        the insert before it runs and starts as soon as that insert returns, before its offsets are
-        committed, so chDB's threads do not wait for the broker or for Python. Inserts and commits stay
-        strictly in order.
+        grow with load and stay small (low latency) when the stream is quiet. Each fetch is built into
+        Arrow as it arrives, while the insert runs. When an insert returns, the next one starts at once
+        with what was fetched by then, before its offsets are committed and without waiting for a fetch
+        still on its way: chDB's thread does not wait for the broker or for Python. Inserts and commits
+        stay strictly in order.
         """
         failures = 0
-        pending = Fetched()
-        ready: tuple[pa.Table, Fetched] | None = None  # the next block, built while the insert runs
-        inflight: tuple[asyncio.Task[None], Fetched] | None = None
-        loop = asyncio.get_running_loop()
-        next_fetch = loop.time()
+        pending = _Block()
+        ready: _Block | None = None  # a full block, waiting for the running insert to return
+        inflight: tuple[asyncio.Task[None], _Block] | None = None
+        fetching: tuple[asyncio.Task[Fetched], int] | None = None  # (the fetch on its way, its number)
         fetches = FETCHES.labels(self._label)
         try:
             while True:
                 room = self._capacity - len(pending)
-                if room > 0 and ready is None and not (inflight is None and len(pending)):
-                    if inflight is not None:
-                        await self._pace_fetch(inflight[0], next_fetch)
-                    next_fetch = loop.time() + _INFLIGHT_FETCH_INTERVAL_S
+                if fetching is None and room > 0 and ready is None and not (inflight is None and len(pending)):
+                    insert = inflight[0] if inflight is not None else None
+                    fetching = (asyncio.create_task(self._fetch(fetcher, room, insert)), self.fetches_started + 1)
                     fetches.inc()
                     self.fetches_started += 1
-                    started = self.fetches_started
-                    fetched = await fetcher.fetch(room, self._poll_timeout_ms(inflight))
-                    pending.extend(fetched)
+                waits: list[asyncio.Task[Any]] = [pair[0] for pair in (fetching, inflight) if pair is not None]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if fetching is not None and fetching[0].done():
+                    fetched, started = fetching[0].result(), fetching[1]
+                    fetching = None
+                    pending.add(fetched)
                     if not len(fetched) and not len(pending) and inflight is None and ready is None:
                         self.caught_up_at = started
                         self.progress.set()
                 if ready is None and len(pending) >= self._capacity:
-                    ready, pending = self._seal(pending)
-                if inflight is not None and (inflight[0].done() or ready is not None):
+                    ready, pending = pending, _Block()
+                if inflight is not None and inflight[0].done():
                     task, done = inflight
                     inflight = None
                     try:
-                        await task
+                        task.result()
                     except ClickHouseError as exc:
                         if exc.code == _UNKNOWN_TABLE:
                             log.info("kafka table %s was dropped; its consumer stops", self._label)
@@ -323,15 +354,27 @@ class KafkaTableConsumer:
                         failures += 1
                         INSERT_ERRORS.labels(self._label).inc()
                         self._statements = None  # the table may have been altered
-                        later = ready[1].first if ready is not None else {}
+                        if fetching is not None:  # it moves the positions: let it land before rewinding them
+                            await asyncio.wait((fetching[0],))
+                            with contextlib.suppress(KafkaError):  # what it fetched is fetched again anyway
+                                fetching[0].result()
+                            fetching = None
+                        later = ready.first if ready is not None else {}
                         for tp, offset in {**pending.first, **later, **done.first}.items():  # redeliver all, in order
                             fetcher.seek(tp, offset)
-                        ready, pending = None, Fetched()
+                        ready, pending = None, _Block()
                         delay = min(_BACKOFF_MAX_S, 0.1 * 2**failures)
                         log.error("kafka table %s: insert failed (%s); redelivering in %.1fs", self._label, exc, delay)
                         await asyncio.sleep(delay)
                         continue
                     failures = 0
+                    if fetching is not None and ready is None and not fetcher.behind():
+                        # A quiet stream: the fetch on its way holds what arrived as the insert ended and
+                        # returns within its short poll; taking it now saves those messages a whole insert.
+                        # Under a backlog the next insert starts without it.
+                        await asyncio.wait((fetching[0],))
+                        pending.add(fetching[0].result())
+                        fetching = None
                     # Taken before the next insert starts, to the microsecond of silver's ts_ingested: every
                     # row inserted after this commit is at or after it, which is what repair_gold relies on.
                     inserted_at_ns = time.time_ns() // 1000 * 1000
@@ -346,22 +389,29 @@ class KafkaTableConsumer:
                 with contextlib.suppress(ClickHouseError):
                     await inflight[0]
             raise
+        finally:
+            if fetching is not None:
+                fetching[0].cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await fetching[0]
+
+    async def _fetch(self, fetcher: GroupFetcher, room: int, insert: asyncio.Task[None] | None) -> Fetched:
+        """One fetch of at most ``room`` messages; paced while ``insert`` runs (``_pace_fetch``)."""
+        if insert is not None:
+            await self._pace_fetch(insert, self._next_fetch)
+        self._next_fetch = asyncio.get_running_loop().time() + _INFLIGHT_FETCH_INTERVAL_S
+        # While an insert runs, poll briefly so that its completion is not kept waiting for a held fetch.
+        return await fetcher.fetch(room, 20 if insert is not None else self.spec.flush_interval_ms)
 
     def _start(
-        self, ready: tuple[pa.Table, Fetched] | None, pending: Fetched
-    ) -> tuple[tuple[asyncio.Task[None], Fetched] | None, None, Fetched]:
+        self, ready: _Block | None, pending: _Block
+    ) -> tuple[tuple[asyncio.Task[None], _Block] | None, None, _Block]:
         """Start inserting ``ready``, or else whatever is pending; returns (inflight, ready, pending)."""
         if ready is None:
             if not len(pending):
                 return None, None, pending
-            ready, pending = self._seal(pending)
-        block, fetched = ready
-        return (asyncio.create_task(asyncio.to_thread(self.insert, block)), fetched), None, pending
-
-    @staticmethod
-    def _seal(pending: Fetched) -> tuple[tuple[pa.Table, Fetched], Fetched]:
-        """Build ``pending`` into a block: (the block with what it holds, a new empty pending)."""
-        return (build_block(pending), pending), Fetched()
+            ready, pending = pending, _Block()
+        return (asyncio.create_task(asyncio.to_thread(self.insert, ready.table())), ready), None, pending
 
     @staticmethod
     async def _pace_fetch(insert: asyncio.Task[None], not_before: float) -> None:
@@ -376,11 +426,7 @@ class KafkaTableConsumer:
         if delay > 0 and not insert.done():
             await asyncio.wait((insert,), timeout=delay)
 
-    def _poll_timeout_ms(self, inflight: tuple[asyncio.Task[None], Fetched] | None) -> int:
-        # While an insert runs, poll briefly so its completion is noticed quickly.
-        return 20 if inflight is not None else self.spec.flush_interval_ms
-
-    def _report_lag(self, fetcher: GroupFetcher, done: Fetched) -> None:
+    def _report_lag(self, fetcher: GroupFetcher, done: _Block) -> None:
         lag = sum(max(0, fetcher.highwater.get(tp, end) - end) for tp, end in done.next.items())
         LAG.labels(self._label).set(lag)
 

@@ -122,6 +122,10 @@ class GroupFetcher:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._positions[tp] = offset
 
+    def behind(self) -> int:
+        """Messages between the positions and the ends of the partitions, as of the last answers."""
+        return sum(max(0, self.highwater.get(tp, position) - position) for tp, position in self._positions.items())
+
     async def _add_new_partitions(self) -> None:
         """Start every partition not tracked yet at its committed offset, or the earliest one."""
         cluster = self._client.cluster
