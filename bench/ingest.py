@@ -31,7 +31,7 @@ from k2.embedded.kafka_ddl import rewrite_create_kafka
 from k2.embedded.kafka_engine import KafkaTableConsumer, build_block, split_by_key
 from k2.embedded.kafka_fetch import Fetched, GroupFetcher
 from k2.gc_policy import tune_gc
-from k2.migrations import default_sql_dir, migrate
+from k2.migrations import default_sql_dir, discover, migrate
 from k2.settings import KAFKA_LINGER_MS, load_settings
 from k2.topics import ensure_topics
 from tests.support import cpu_seconds, create_schema, free_port, http_ok, tansu_broker, wait_for
@@ -104,8 +104,8 @@ async def paced(bootstrap: str, rate: int, seconds: float, first_id: int, linger
 
 def shipped_block_rows() -> int:
     """``kafka_max_block_size`` of the shipped Binance queue table: the largest block the consumer inserts."""
-    sql = (default_sql_dir() / "bronze" / "binance_trades_queue.sql").read_text()
-    rewritten = rewrite_create_kafka(sql.replace("${KAFKA_BROKER_LIST}", "127.0.0.1:9092"))
+    queue = next(m for m in discover(default_sql_dir()) if m.name == "bronze/binance_trades_queue.sql")
+    rewritten = rewrite_create_kafka(queue.render({"KAFKA_BROKER_LIST": "127.0.0.1:9"}))
     assert rewritten is not None
     return rewritten[1].max_block_size
 
@@ -149,9 +149,10 @@ async def fetch_floor(bootstrap: str, n: int, lanes: int) -> tuple[float, float]
     fetcher = GroupFetcher(bootstrap, f"k2-bench-fetch-{time.time_ns()}", (TOPIC,), max_wait_ms=100)
     await fetcher.start()
     try:
+        poll = shipped_block_rows() * lanes  # a poll's worth, as the consumer takes
         got, start, cpu = 0, time.perf_counter(), time.process_time()
         while got < n:
-            fetched = await fetcher.fetch(shipped_block_rows() * lanes, 100)
+            fetched = await fetcher.fetch(poll, 100)
             got += len(fetched)
             split_by_key(build_block(fetched), lanes)
         elapsed = time.perf_counter() - start

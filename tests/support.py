@@ -70,7 +70,8 @@ def _ephemeral_low() -> int:
 
 
 # Below the kernel's ephemeral range: the ports free_port hands out, each at most once per process.
-_PORTS = range(max(1024, _ephemeral_low() - 12_000), _ephemeral_low())
+_EPHEMERAL_LOW = _ephemeral_low()
+_PORTS = range(max(1024, _EPHEMERAL_LOW - 12_000), _EPHEMERAL_LOW)
 _handed_out: set[int] = set()
 _pick = random.Random(os.getpid() ^ time.time_ns())
 

@@ -321,24 +321,24 @@ class KafkaTableConsumer:
         pending = _Block()
         ready: _Block | None = None  # a full block, waiting for the running insert to return
         inflight: tuple[asyncio.Task[None], _Block] | None = None
-        fetching: tuple[asyncio.Task[Fetched], int] | None = None  # (the fetch on its way, its number)
+        fetching: asyncio.Task[Fetched] | None = None  # the fetch on its way: number fetches_started
         fetches = FETCHES.labels(self._label)
         try:
             while True:
                 room = self._capacity - len(pending)
                 if fetching is None and room > 0 and ready is None and not (inflight is None and len(pending)):
                     insert = inflight[0] if inflight is not None else None
-                    fetching = (asyncio.create_task(self._fetch(fetcher, room, insert)), self.fetches_started + 1)
+                    fetching = asyncio.create_task(self._fetch(fetcher, room, insert))
                     fetches.inc()
                     self.fetches_started += 1
-                waits: list[asyncio.Task[Any]] = [pair[0] for pair in (fetching, inflight) if pair is not None]
+                waits: list[asyncio.Task[Any]] = [t for t in (fetching, inflight and inflight[0]) if t is not None]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if fetching is not None and fetching[0].done():
-                    fetched, started = fetching[0].result(), fetching[1]
+                if fetching is not None and fetching.done():
+                    fetched = fetching.result()
                     fetching = None
                     pending.add(fetched)
                     if not len(fetched) and not len(pending) and inflight is None and ready is None:
-                        self.caught_up_at = started
+                        self.caught_up_at = self.fetches_started  # one fetch at a time: the one that just ended
                         self.progress.set()
                 if ready is None and len(pending) >= self._capacity:
                     ready, pending = pending, _Block()
@@ -355,9 +355,9 @@ class KafkaTableConsumer:
                         INSERT_ERRORS.labels(self._label).inc()
                         self._statements = None  # the table may have been altered
                         if fetching is not None:  # it moves the positions: let it land before rewinding them
-                            await asyncio.wait((fetching[0],))
+                            await asyncio.wait((fetching,))
                             with contextlib.suppress(KafkaError):  # what it fetched is fetched again anyway
-                                fetching[0].result()
+                                fetching.result()
                             fetching = None
                         later = ready.first if ready is not None else {}
                         for tp, offset in {**pending.first, **later, **done.first}.items():  # redeliver all, in order
@@ -372,8 +372,8 @@ class KafkaTableConsumer:
                         # A quiet stream: the fetch on its way holds what arrived as the insert ended and
                         # returns within its short poll; taking it now saves those messages a whole insert.
                         # Under a backlog the next insert starts without it.
-                        await asyncio.wait((fetching[0],))
-                        pending.add(fetching[0].result())
+                        await asyncio.wait((fetching,))
+                        pending.add(fetching.result())
                         fetching = None
                     # Taken before the next insert starts, to the microsecond of silver's ts_ingested: every
                     # row inserted after this commit is at or after it, which is what repair_gold relies on.
@@ -391,9 +391,9 @@ class KafkaTableConsumer:
             raise
         finally:
             if fetching is not None:
-                fetching[0].cancel()
+                fetching.cancel()
                 with contextlib.suppress(asyncio.CancelledError, KafkaError):
-                    await fetching[0]
+                    await fetching
 
     async def _fetch(self, fetcher: GroupFetcher, room: int, insert: asyncio.Task[None] | None) -> Fetched:
         """One fetch of at most ``room`` messages; paced while ``insert`` runs (``_pace_fetch``)."""

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from feed_handlers.backfill import backfill
 from feed_handlers.errors import ParseError
 from feed_handlers.exchanges import VENUES
-from feed_handlers.handler import FeedHandler, HandlerOptions
+from feed_handlers.handler import FeedHandler, HandlerOptions, canonical_map
 from feed_handlers.instruments import load_instruments
 from feed_handlers.publisher import Publisher
 from feed_handlers.replay import FakeExchange, load_capture
@@ -181,7 +181,7 @@ def test_gap_from_a_disconnection_is_backfilled_over_rest(exchange: str) -> None
     published = _published(sink, exchange)
     # What the handler took in over the WebSocket is in its raw-frame topic. Not fake.served: a trade the
     # fake wrote just before it dropped the connection counts as served yet may never have arrived.
-    over_ws = _received(sink, exchange, {i.symbol: i.canonical for i in config.symbols})
+    over_ws = _received(sink, exchange, canonical_map(config))
     from_rest = [key for key in published if key not in over_ws]
     backfilled = count("k2_feed_backfilled_trades_total") - before[0]
     missing = count("k2_feed_missing_trades_total") - before[1]
