@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from feed_handlers.exchanges import Venue
 from feed_handlers.metrics import CONNECTED, RECONNECTS, SUBSCRIBED
 from feed_handlers.transport import Connection, Transport, TransportClosed
+from feed_handlers.watchdog import ReadWatchdog
 from k2.logs import bind
 
 __all__ = ["FrameHandler", "Runner", "RunnerSettings", "backoff_delay"]
@@ -274,7 +275,8 @@ class _Group:
         self._adopt(conn)
         while True:
             age_limit = venue.max_connection_age_s
-            deadline = None if age_limit is None else time.monotonic() + age_limit - settings.rotate_before_s
+            now = asyncio.get_running_loop().time()  # the watchdog's clock (monotonic)
+            deadline = None if age_limit is None else now + age_limit - settings.rotate_before_s
             replace = await self._read_until(conn, deadline)
             # Rotation: the successor subscribes and delivers before the current connection closes.
             successor = await self._rotate(conn)
@@ -284,23 +286,27 @@ class _Group:
             RECONNECTS.labels(venue.name, replace).inc()
 
     async def _read_until(self, conn: Connection, deadline: float | None) -> str:
-        silence = self.runner.venue.silence_timeout_s
-        while True:
-            timeout = silence
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return "rotation"
-                timeout = left if timeout is None else min(timeout, left)
-            try:
-                frame = await asyncio.wait_for(conn.recv(), timeout)
-            except TimeoutError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return "rotation"
-                await self._close(conn, 1000, "silent")
-                raise _Silent from None
-            if await self.runner._on_frame(frame, time.time_ns(), self._conn_id):
-                return "shutdown"
+        """Hand ``conn``'s frames to ``on_frame`` until it must be replaced (returns why) or fails (raises).
+
+        ``deadline`` is in loop time. One watchdog timer per connection, not one per frame (``ReadWatchdog``).
+        """
+        on_frame = self.runner._on_frame
+        with ReadWatchdog(self.runner.venue.silence_timeout_s, deadline) as dog:
+            while dog.expired is None:
+                dog.reading()
+                try:
+                    frame = await conn.recv()
+                except asyncio.CancelledError:
+                    if not dog.fired():
+                        raise
+                    break
+                dog.done_reading()
+                if await on_frame(frame, time.time_ns(), self._conn_id):
+                    return "shutdown"
+        if dog.expired == "rotation":
+            return "rotation"
+        await self._close(conn, 1000, "silent")
+        raise _Silent
 
     async def _rotate(self, old: Connection) -> Connection | None:
         old_id = self._conn_id

@@ -29,6 +29,10 @@ FAST = RunnerSettings(
 )
 
 
+#: How long the runner's on_frame takes over a frame whose text starts with "SLOW".
+SLOW_S = 0.5
+
+
 class FakeConn:
     def __init__(self, number: int) -> None:
         self.number = number
@@ -90,7 +94,11 @@ def scenario(venue_changes: dict[str, Any], symbols: list[str], body: Callable[.
     frames: list[tuple[str, int]] = []
 
     async def on_frame(frame: bytes | str, ts: int, conn_id: int) -> bool:
-        frames.append((frame if isinstance(frame, str) else frame.decode(), conn_id))
+        text = frame if isinstance(frame, str) else frame.decode()
+        if text.startswith("SLOW"):  # handled for longer than the silence timeout / past the age limit
+            await asyncio.sleep(SLOW_S)
+            text += " handled"
+        frames.append((text, conn_id))
         return frame == "SHUTDOWN"
 
     async def main() -> None:
@@ -158,6 +166,46 @@ def test_silence_watchdog_replaces_a_quiet_connection() -> None:
         assert second.opened_at - first.opened_at >= 0.2
 
     scenario({"silence_timeout_s": 0.2}, ["BTC/USD"], body)
+
+
+def test_a_connection_that_keeps_delivering_is_never_silent() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        conn = await transport.next()
+        for i in range(16):  # 0.8 s of frames, one every 0.05 s: four silence periods, none silent
+            conn.inbox.put_nowait(f"f{i}")
+            await asyncio.sleep(0.05)
+        await until(lambda: len(frames) == 16)
+        assert [f for f, _ in frames] == [f"f{i}" for i in range(16)]
+        assert conn.closed is None and transport.connections == [conn]
+
+    scenario({"silence_timeout_s": 0.2}, ["BTC/USD"], body)
+
+
+def test_time_spent_handling_a_frame_is_not_silence_and_is_never_interrupted() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        conn = await transport.next()
+        conn.inbox.put_nowait("SLOW")  # handled for 0.5 s, more than twice the silence timeout
+        conn.inbox.put_nowait("next")
+        await until(lambda: len(frames) == 2)
+        assert [f for f, _ in frames] == ["SLOW handled", "next"]
+        assert conn.closed is None and transport.connections == [conn]
+        first = conn  # ...and a read that then waits past the timeout still ends the connection
+        await until(lambda: first.closed == (1000, "silent"))
+
+    scenario({"silence_timeout_s": 0.2}, ["BTC/USD"], body)
+
+
+def test_age_limit_passing_while_a_frame_is_handled_rotates_once_it_is_handled() -> None:
+    async def body(runner: Runner, transport: FakeTransport, frames: list[tuple[str, int]]) -> None:
+        old = await transport.next()
+        old.inbox.put_nowait("SLOW")  # still being handled when the 0.3 s age limit passes
+        new = await transport.next()
+        assert frames == [("SLOW handled", frames[0][1])]  # the rotation waited for the frame
+        new.inbox.put_nowait("from-new")
+        await until(lambda: old.closed == (1000, "rotated"))
+        assert [f for f, _ in frames] == ["SLOW handled", "from-new"]
+
+    scenario({"max_connection_age_s": 0.3, "silence_timeout_s": None}, ["BTC/USD"], body)
 
 
 def test_rotation_overlaps_then_closes_the_old_connection() -> None:
