@@ -16,7 +16,9 @@ with no dedup state, buffer, metrics or network: the least a handler that keeps 
 contract can do. The handler's own glue is what lies between it and the handler's figure. And the
 receive floor (``bench/receive_floor.py``): frames/s through the handlers' WebSocket client with nothing
 done to them. The saturated runs hand frames to the handler directly, so that cost comes on top in a live
-handler; it alone bounds what share of the ceiling a handler on ``websockets`` can reach.
+handler; it alone bounds what share of the ceiling a handler on ``websockets`` can reach. Finally the live
+handler: ``FeedHandler.run`` whole, its runner reading the frames from that local server over a WebSocket,
+so receiving, the read watchdog and everything after it are counted.
 
 The machine may be shared: each saturated run is repeated ``--runs`` times and reported as best and
 range, next to the handler process's own CPU time (trades per CPU-second), which other load inflates
@@ -40,11 +42,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 from aiokafka.record.default_records import DefaultRecordBase, DefaultRecordBatchBuilder
 
-from bench.receive_floor import receive_floor
+from bench.receive_floor import encode_frames, receive_floor, serving
 from feed_handlers.exchanges import VENUES
 from feed_handlers.handler import FeedHandler, HandlerOptions
 from feed_handlers.instruments import ExchangeConfig, Instrument, topic_names
 from feed_handlers.publisher import KafkaSink, Message, Publisher
+from feed_handlers.transport import WebSocketTransport
 from k2.gc_policy import tune_gc
 from k2.topics import ensure_topics
 from tests.support import tansu_broker
@@ -201,6 +204,38 @@ async def through_handler(
     return len(data) / elapsed, len(data) / cpu, latencies
 
 
+async def live(venue: str, data: Sequence[bytes], bootstrap: str) -> tuple[float, float]:
+    """Trades/s (wall) and trades per handler CPU-second of a whole handler: ``FeedHandler.run`` with its
+    ``Runner`` and ``WebSocketTransport`` reading ``data`` from a local WebSocket server that writes it as
+    fast as the handler reads, through parse, record and produce, until the broker acknowledged everything.
+    Timed from the first frame received."""
+    publisher = Publisher(KafkaSink(bootstrap, idempotence=False), venue, max_buffered=50_000)
+    with serving(encode_frames(data)) as url:
+        handler = FeedHandler(venue, CONFIGS[venue], publisher, transport=WebSocketTransport(),
+                              options=HandlerOptions(ws_url=url))  # fmt: skip
+        received, first, count = asyncio.Event(), [0.0, 0.0], [0]  # wall and CPU time at the first frame
+        handle = handler.runner._on_frame
+
+        async def on_frame(frame: bytes | str, ts_received_ns: int, connection_id: int) -> bool:
+            if not count[0]:
+                first[:] = time.perf_counter(), time.process_time()
+            count[0] += 1
+            shutdown = await handle(frame, ts_received_ns, connection_id)
+            if count[0] == len(data):
+                received.set()
+            return shutdown
+
+        handler.runner._on_frame = on_frame
+        task = asyncio.create_task(handler.run(handle_signals=False))
+        await received.wait()
+        assert await publisher.flush(120.0), "broker did not take everything"
+        elapsed, cpu = time.perf_counter() - first[0], time.process_time() - first[1]
+        handler.stop()
+        await task
+    assert sum(publisher.stats.trades.values()) == len(data), "every trade published once"
+    return len(data) / elapsed, len(data) / cpu
+
+
 def keep_heap() -> None:
     """Stop glibc from handing freed heap back to the kernel between record batches.
 
@@ -246,6 +281,7 @@ def main() -> None:
                 runs.append(asyncio.run(through_handler(venue, data, kafka))[:2])
                 ratios.append(runs[-1][0] / parsed)
             best, best_cpu = max(r for r, _ in runs), max(c for _, c in runs)
+            whole = [asyncio.run(live(venue, data, kafka)) for _ in range(args.runs)]
             print(f"{venue:8s}: at {args.rate:,.0f} trades/s for {args.seconds:.0f}s, frame received -> produce acked "
                   f"p50 {pct(paced, 0.5):.1f} ms, p99 {pct(paced, 0.99):.1f} ms")  # fmt: skip
             print(f"{venue:8s}: {best:,.0f} trades/s (runs {min(r for r, _ in runs):,.0f}..{best:,.0f}) through parse "
@@ -254,6 +290,9 @@ def main() -> None:
                   f"({100 * best_cpu / top:.0f}%)")  # fmt: skip
             print(f"{venue:8s}: floor (read frame, write record, two zstd batch appends; nothing else) {least:,.0f} "
                   f"trades/s = {100 * least / top:.0f}% of the ceiling; the handler does {100 * best / least:.0f}% of it")  # fmt: skip
+            print(f"{venue:8s}: live handler (Runner + WebSocket from a local server + the above) "
+                  f"{max(r for r, _ in whole):,.0f} trades/s (runs {min(r for r, _ in whole):,.0f}.."
+                  f"{max(r for r, _ in whole):,.0f}); {max(c for _, c in whole):,.0f} per handler CPU-second")  # fmt: skip
             print(f"{venue:8s}: receive floor (websockets recv() of the same frames from a local server, nothing else) "
                   f"{received:,.0f} frames/s = {100 * received / top:.0f}% of the ceiling")  # fmt: skip
             print(f"{venue:8s}: parse floor (venue parser, record JSON, two zstd batch appends; no dedup, buffer or "

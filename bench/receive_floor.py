@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from websockets.frames import Frame, Opcode
 from websockets.utils import accept_key
 
+from feed_handlers.exchanges import VENUES
+from feed_handlers.runner import Runner
 from feed_handlers.transport import WebSocketTransport
 
 
@@ -58,20 +61,56 @@ async def _receive(url: str, n: int) -> float:
     return elapsed
 
 
-def receive_floor(frames: Sequence[bytes], *, server_core: int = 1) -> float:
-    """Frames/s through ``WebSocketTransport.recv`` alone, best of three connections."""
+async def _through_runner(url: str, n: int, venue: str) -> float:
+    """Seconds from the first frame to the ``n``-th through the handlers' ``Runner`` (the venue's silence
+    timeout and connection age limit watched), handing each to an ``on_frame`` that only counts it."""
+    done = asyncio.Event()
+    seen = [0, 0.0]  # frames, time of the first
+
+    async def on_frame(frame: bytes | str, ts_received_ns: int, connection_id: int) -> bool:
+        seen[0] += 1
+        if seen[0] == 1:
+            seen[1] = time.perf_counter()
+        elif seen[0] == n:
+            done.set()
+        return False
+
+    runner = Runner(VENUES[venue], url, ["BTCUSDT"], channel=VENUES[venue].trade_channels[0], on_frame=on_frame,
+                    transport=WebSocketTransport())  # fmt: skip
+    task = asyncio.create_task(runner.run())
+    await done.wait()
+    elapsed = time.perf_counter() - seen[1]
+    await runner.stop()
+    await task
+    return elapsed
+
+
+@contextlib.contextmanager
+def serving(stream: bytes, server_core: int = 1) -> Iterator[str]:
+    """A local WebSocket server (another process, pinned to ``server_core``) that writes ``stream``
+    (``encode_frames``) to the one client it accepts; yields its URL."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        server = multiprocessing.get_context("fork").Process(target=_serve, args=(listener, stream, server_core))
+        server.start()
+        try:
+            yield f"ws://127.0.0.1:{port}/"
+        finally:
+            server.join(10)
+            server.kill()
+
+
+def receive_floor(frames: Sequence[bytes], *, server_core: int = 1, runner_venue: str | None = None) -> float:
+    """Frames/s through ``WebSocketTransport.recv`` alone, best of three connections; with ``runner_venue``,
+    through the handlers' ``Runner`` for that venue instead."""
     stream = encode_frames(frames)
     best = float("inf")
     for _ in range(3):
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            port = listener.getsockname()[1]
-            server = multiprocessing.get_context("fork").Process(target=_serve, args=(listener, stream, server_core))
-            server.start()
-            try:
-                best = min(best, asyncio.run(_receive(f"ws://127.0.0.1:{port}/", len(frames))))
-            finally:
-                server.join(10)
-                server.kill()
+        with serving(stream, server_core) as url:
+            if runner_venue is None:
+                best = min(best, asyncio.run(_receive(url, len(frames))))
+            else:
+                best = min(best, asyncio.run(_through_runner(url, len(frames), runner_venue)))
     return len(frames) / best
 
 
@@ -86,8 +125,10 @@ def main() -> None:
     for venue in args.venues.split(","):
         data = frames(venue, args.trades)
         top, received = ceiling(data), receive_floor(data)
+        through_runner = receive_floor(data, runner_venue=venue)
         print(f"{venue:8s}: websockets recv() alone {received:,.0f} frames/s = {100 * received / top:.0f}% of the "
-              f"orjson loads+dumps ceiling {top:,.0f}/s")  # fmt: skip
+              f"orjson loads+dumps ceiling {top:,.0f}/s; through the handlers' Runner (watchdog included) "
+              f"{through_runner:,.0f} frames/s")  # fmt: skip
 
 
 if __name__ == "__main__":
