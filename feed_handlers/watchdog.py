@@ -25,19 +25,10 @@ __all__ = ["ReadWatchdog"]
 class ReadWatchdog:
     """One reading task's deadlines: ``silence_s`` per read, and ``deadline`` (loop time) for the connection.
 
-    Use::
-
-        with ReadWatchdog(silence_s, deadline) as dog:
-            while dog.expired is None:
-                dog.reading()
-                try:
-                    frame = await conn.recv()
-                except asyncio.CancelledError:
-                    if not dog.fired():
-                        raise          # somebody else's cancellation
-                    break              # dog.expired says why
-                dog.done_reading()
-                ...
+    Used as a context manager around the read loop (``runner._Group._read_until``): ``reading()`` before each
+    read, ``done_reading()`` after it; in ``except CancelledError`` around the read, ``fired()`` tells this
+    watchdog's cancellation (stop reading, ``expired`` says why) from anyone else's (re-raise); ``expired``
+    is checked before each read.
     """
 
     def __init__(self, silence_s: float | None, deadline: float | None) -> None:
