@@ -32,9 +32,15 @@ deploy-tools:
 # Spark + Iceberg jars for tests/offload/test_spark_engine.py, from PyPI + Debian (no Maven Central here);
 # built once, the stamp keeps the tool's spark.jars= / java.library.path= lines, which the test reads
 SPARK_JARS := $(HOME)/.cache/k2-spark-jars
+# The shared tools sit beside the checkout (CI's layout); a clone made elsewhere from such a checkout
+# (git clone . /tmp/x/k2) finds them beside the checkout it came from. SHARED=DIR overrides both.
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+SHARED ?= $(firstword $(wildcard $(CURDIR)/../shared/tools $(dir $(ORIGIN))shared/tools))
 $(SPARK_JARS)/.built: | $(STAMP)
+	@test -n "$(SHARED)" || { echo "make: the shared tools (spark-offline/build-jars) are neither in ../shared/tools" \
+		"nor beside $(ORIGIN); run with SHARED=/path/to/shared/tools" >&2; exit 2; }
 	mkdir -p $(SPARK_JARS)
-	../shared/tools/spark-offline/build-jars $(SPARK_JARS) $(CURDIR)/$(VENV)/bin/python > $@.tmp
+	$(SHARED)/spark-offline/build-jars $(SPARK_JARS) $(CURDIR)/$(VENV)/bin/python > $@.tmp
 	mv $@.tmp $@
 spark-jars: $(SPARK_JARS)/.built
 
