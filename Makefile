@@ -35,7 +35,7 @@ SPARK_JARS := $(HOME)/.cache/k2-spark-jars
 # The shared tools sit beside the checkout (CI's layout); a clone made elsewhere from such a checkout
 # (git clone . /tmp/x/k2) finds them beside the checkout it came from. SHARED=DIR overrides both.
 ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
-SHARED ?= $(firstword $(wildcard $(CURDIR)/../shared/tools $(dir $(ORIGIN))shared/tools))
+SHARED ?= $(firstword $(realpath $(CURDIR)/../shared/tools $(ORIGIN)/../shared/tools))
 $(SPARK_JARS)/.built: | $(STAMP)
 	@test -n "$(SHARED)" || { echo "make: the shared tools (spark-offline/build-jars) are neither in ../shared/tools" \
 		"nor beside $(ORIGIN); run with SHARED=/path/to/shared/tools" >&2; exit 2; }
