@@ -65,10 +65,10 @@ def _both(venue: str, frame: bytes | str) -> tuple[Outcome, Outcome]:
     return fast, careful
 
 
-def _fast_taken(venue: str, frame: bytes) -> bool:
+def _fast_taken(venue: str, frame: bytes | str) -> bool:
     canonical = CANONICAL[venue]
     if venue == "binance":
-        return binance._trade_fast(load(frame), RECEIVED, canonical) is not None
+        return binance._trade_fast(frame, RECEIVED, canonical) is not None
     if venue == "kraken":
         return kraken._trades_fast(frame, RECEIVED, canonical) is not None
     return coinbase._trades_fast(load(frame), RECEIVED, canonical) is not None
@@ -137,6 +137,46 @@ def test_kraken_frames_off_the_fast_path_still_parse_exactly(numbers: str) -> No
     assert fast[0] == "ok"
 
 
+BINANCE_TRADE = '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":5,"p":"1.0","q":"2","T":1,"m":true%s}}'
+
+
+@pytest.mark.parametrize(
+    ("frame", "taken", "status"),
+    [
+        # msgspec skips unknown fields without checking their UTF-8 or number range, which orjson rejects;
+        # the Binance fast path forbids unknown fields so that such frames reach the careful path
+        ((BINANCE_TRADE % ',"x":"\xff"').encode("latin-1"), False, "error"),
+        ((BINANCE_TRADE % ',"x":1e999').encode(), False, "error"),
+        ((BINANCE_TRADE % ',"x":123456789012345678901234567890').encode(), False, "ok"),
+        ((BINANCE_TRADE % (',"x":' + "[" * 2000 + "]" * 2000)).encode(), False, "error"),
+        ((BINANCE_TRADE % ',"M":"\xff"').encode("latin-1"), False, "error"),
+        ((BINANCE_TRADE % ',"M":1e999').encode(), False, "error"),
+        ((BINANCE_TRADE % ',"b":-1').encode(), False, "ok"),  # the careful path ignores "b" and "a"
+        ((BINANCE_TRADE % ',"a":1.5').encode(), False, "ok"),
+        ((BINANCE_TRADE % "").replace("BTCUSDT", "BTCUSDT\\ud800").encode(), False, "error"),  # lone surrogate
+        (BINANCE_TRADE % ',"x":"\ud800"', False, "error"),  # a str that cannot be encoded as UTF-8
+        ((BINANCE_TRADE % "").replace('"stream"', '"data":1,"stream"').encode(), False, "ok"),  # msgspec checks both "data"
+        ((BINANCE_TRADE % ',"e":"aggTrade"').encode(), False, "error"),  # the tag twice: an aggTrade without "a"
+    ],
+)
+def test_binance_frames_msgspec_would_read_differently_parse_alike(frame: bytes | str, taken: bool, status: str) -> None:
+    assert _fast_taken("binance", frame) is taken
+    fast, careful = _both("binance", frame)
+    assert fast == careful
+    assert fast[0] == status
+
+
+def test_binance_fast_path_takes_order_ids_and_any_field_order() -> None:
+    for extra in (',"b":133829535,"a":133829504,"M":true', ',"M":false', ""):
+        frame = (BINANCE_TRADE % extra).encode()
+        assert _fast_taken("binance", frame)
+        reordered = json.dumps(dict(reversed(json.loads(frame)["data"].items())))
+        frame = ('{"data":' + reordered + ',"stream":"btcusdt@trade"}').encode()
+        assert _fast_taken("binance", frame)
+        fast, careful = _both("binance", frame)
+        assert fast == careful and fast[0] == "ok"
+
+
 JSON = st.recursive(
     st.none()
     | st.booleans()
@@ -167,14 +207,14 @@ TRADE_FRAMES = {venue: [f for f in frames if b"trade" in f and len(f) < 2000] fo
 
 @settings(database=None, max_examples=600)
 @given(st.sampled_from(sorted(TRADE_FRAMES)), st.data())
-def test_any_field_replaced_or_removed_parses_alike(venue: str, data: st.DataObject) -> None:
+def test_any_field_replaced_removed_or_added_parses_alike(venue: str, data: st.DataObject) -> None:
     msg = json.loads(data.draw(st.sampled_from(TRADE_FRAMES[venue])))
     target = data.draw(st.sampled_from(_objects(msg)))
-    key = data.draw(st.sampled_from(sorted(target)))
+    key = data.draw(st.sampled_from(sorted(target)) | st.sampled_from(["b", "a", "M", "x"]) | st.text(max_size=3))
     if data.draw(st.booleans()):
         target[key] = data.draw(JSON)
     else:
-        del target[key]
+        target.pop(key, None)
     fast, careful = _both(venue, json.dumps(msg, separators=(",", ":")).encode())
     assert fast == careful
 
