@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TypeGuard, cast
 
-import orjson
+import msgspec
 
 __all__ = ["MAX_DECIMAL_CHARS", "TradeRecord", "decimal_text", "is_plain_decimal", "new_trade", "rfc3339_to_ns"]
 
@@ -161,8 +161,13 @@ class TradeRecord:
         _check_extras(self.extras)
 
     def to_json(self) -> bytes:
-        """One flat JSON object: the common fields in declaration order, then the extras."""
-        return orjson.dumps(
+        """One flat JSON object: the common fields in declaration order, then the extras.
+
+        msgspec writes the same bytes as ``orjson.dumps`` for these values, and 0.6 us faster for a record
+        that is kept (as published records are, until their batch goes out): orjson allocates a 1 KiB
+        buffer and shrinks it, msgspec grows one (docs/benchmarks.md).
+        """
+        return _encode_json(
             {
                 "exchange": self.exchange,
                 "symbol": self.symbol,
@@ -178,6 +183,7 @@ class TradeRecord:
         )
 
 
+_encode_json = msgspec.json.Encoder().encode
 _COMMON_FIELDS = frozenset(f.name for f in fields(TradeRecord)) - {"extras"}
 
 

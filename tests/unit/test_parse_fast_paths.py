@@ -23,6 +23,7 @@ from feed_handlers.exchanges import ParseResult, binance, coinbase, kraken
 from feed_handlers.exchanges._base import trades_result
 from feed_handlers.exchanges._wire import load, load_exact
 from feed_handlers.records import TradeRecord, decimal_text, is_plain_decimal, new_trade, rfc3339_to_ns
+from tests.unit.test_records import orjson_record
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "captures"
@@ -92,6 +93,14 @@ def test_fast_path_takes_the_recorded_trade_frames(venue: str) -> None:
         trade_frames = [f for f in trade_frames if not re.search(rb'[0-9][eE]|"(price|qty)":"', f)]
     assert len(trade_frames) > 20
     assert [f for f in trade_frames if not _fast_taken(venue, f)] == []
+
+
+@pytest.mark.parametrize("venue", sorted(FRAMES))
+def test_to_json_writes_orjsons_bytes_for_every_recorded_trade(venue: str) -> None:
+    records = [trade for frame in FRAMES[venue] if (outcome := _both(venue, frame)[0])[0] == "ok"
+               for trade in outcome[1].trades]  # type: ignore[attr-defined]  # fmt: skip
+    assert len(records) > 20
+    assert [r.to_json() for r in records] == [orjson_record(r) for r in records]
 
 
 @pytest.mark.parametrize(

@@ -181,3 +181,17 @@ def test_record_is_frozen_slotted_and_hashable() -> None:
         "ts_received_ns",
         "extras",
     ]
+
+
+def orjson_record(record: TradeRecord) -> bytes:
+    """What to_json wrote before it moved to msgspec: the same dict through orjson."""
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name != "extras"}
+    return orjson.dumps({**fields, **record.extras})
+
+
+@pytest.mark.parametrize(
+    "text", ['a"b\\c', "\x00\x01\x1f\x7f", "\b\f\n\r\t", "é€😀", "\u2028\u2029", "</script>", "/", ""]
+)
+def test_to_json_escapes_strings_as_orjson_does(text: str) -> None:
+    record = _record(note=text, big=2**64 - 1, small=-(2**63), flag=True, none=None)
+    assert record.to_json() == orjson_record(record)
