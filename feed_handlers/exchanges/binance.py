@@ -76,31 +76,29 @@ _Id = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 _Ms = Annotated[int, msgspec.Meta(ge=0, le=MAX_MS)]
 
 
-class _Trade(msgspec.Struct, tag_field="e", tag="trade", forbid_unknown_fields=True, gc=False):
+class _Event(msgspec.Struct, tag_field="e", forbid_unknown_fields=True, gc=False, kw_only=True):
+    """What ``trade`` and ``aggTrade`` share [B1]."""
+
     event_ms: _Ms = msgspec.field(name="E")
     symbol: str = msgspec.field(name="s")
-    trade_id: _Id = msgspec.field(name="t")
     price: str = msgspec.field(name="p")
     quantity: str = msgspec.field(name="q")
     trade_ms: _Ms = msgspec.field(name="T")
     buyer_is_maker: bool = msgspec.field(name="m")
     ignore: bool = msgspec.field(name="M", default=True)  # "ignore" [B1]
+
+
+class _Trade(_Event, tag="trade", kw_only=True):
+    trade_id: _Id = msgspec.field(name="t")
     # the buyer's and seller's order ids, sent until 2024-06-18 [B2]: recorded captures still have them
     buyer_order_id: _Id | None = msgspec.field(name="b", default=None)
     seller_order_id: _Id | None = msgspec.field(name="a", default=None)
 
 
-class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", forbid_unknown_fields=True, gc=False):
-    event_ms: _Ms = msgspec.field(name="E")
-    symbol: str = msgspec.field(name="s")
+class _AggTrade(_Event, tag="aggTrade", kw_only=True):
     trade_id: _Id = msgspec.field(name="a")
-    price: str = msgspec.field(name="p")
-    quantity: str = msgspec.field(name="q")
     first_trade_id: _Id = msgspec.field(name="f")
     last_trade_id: _Id = msgspec.field(name="l")
-    trade_ms: _Ms = msgspec.field(name="T")
-    buyer_is_maker: bool = msgspec.field(name="m")
-    ignore: bool = msgspec.field(name="M", default=True)
 
 
 class _Envelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):
