@@ -77,11 +77,15 @@ def test_clickhouse_password_is_required_and_used_by_the_stack(secured_stack: Se
 
 def test_no_secret_in_logs_files_command_lines_or_status(secured_stack: SecuredStack) -> None:
     stack, values = secured_stack.stack, secured_stack.secrets
-    pids = descendants(secured_stack.supervisor_pid)
-    # the secrets did reach every process (else the rest proves nothing) ...
-    for pid in pids:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert all(f"{k}={v}".encode() in environ for k, v in values.items()), pid
+    processes = _processes(descendants(secured_stack.supervisor_pid))
+    # every component the stack runs was read (a short-lived helper may end before it is) ...
+    state = json.loads((stack.data_dir / "state.json").read_text())
+    components = {name: c["pid"] for name, c in state["components"].items()}
+    assert {n: pid for n, pid in components.items() if pid not in processes} == {}
+    assert secured_stack.supervisor_pid in processes
+    # ... the secrets did reach every process (else the rest proves nothing) ...
+    for pid, (environ, _) in processes.items():
+        assert all(f"{k}={v}".encode() in environ.split(b"\0") for k, v in values.items()), pid
     # ... and every component has been at work with them (exchange -> handler -> broker -> ClickHouse)
     _trades_in_silver(secured_stack)
 
@@ -100,11 +104,22 @@ def test_no_secret_in_logs_files_command_lines_or_status(secured_stack: SecuredS
     found = {str(f.relative_to(stack.data_dir)): leaks(content(f)) for f in files}
     assert {f: names for f, names in found.items() if names} == {}
     # passed by environment, never as arguments (/proc/<pid>/cmdline is readable by every local user)
-    command_lines = {pid: leaks(Path(f"/proc/{pid}/cmdline").read_bytes()) for pid in pids}
+    command_lines = {pid: leaks(cmdline) for pid, (_, cmdline) in processes.items()}
     assert {pid: names for pid, names in command_lines.items() if names} == {}
     status = stack.k2("status", "--json", check=False)  # exit 1 if a probe is slow on a busy machine: not ours
     assert json.loads(status.stdout)["running"] is True
     assert leaks((status.stdout + status.stderr).encode()) == []
+
+
+def _processes(pids: list[int]) -> dict[int, tuple[bytes, bytes]]:
+    """pid -> (environ, cmdline) of those still running: a helper process may exit after the listing."""
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = (Path(f"/proc/{pid}/environ").read_bytes(), Path(f"/proc/{pid}/cmdline").read_bytes())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 # -- settings, logs, errors, command line ----------------------------------------------------------------
